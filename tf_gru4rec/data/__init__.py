@@ -1,0 +1,1 @@
+"""Click-log reading, item vocabulary, session logs, preprocessing and synthetic data."""

@@ -1,0 +1,102 @@
+"""Preprocessing of event frames as in the GRU4Rec papers (SPEC.md, "Data protocol").
+
+Each step returns the filtered frame and logs what it removed; `report` lists collect the same
+as dicts for scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from tf_gru4rec.data.io import ITEM, SESSION, TIME
+
+logger = logging.getLogger(__name__)
+
+
+def _record(report: list | None, step: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
+    entry = {
+        "step": step,
+        "events_removed": len(before) - len(after),
+        "sessions_removed": before[SESSION].nunique() - after[SESSION].nunique(),
+        "items_removed": before[ITEM].nunique() - after[ITEM].nunique(),
+        "events_left": len(after),
+    }
+    logger.info(
+        "%s: removed %d events, %d sessions, %d items; %d events left", step,
+        entry["events_removed"], entry["sessions_removed"], entry["items_removed"], len(after),
+    )
+    if report is not None:
+        report.append(entry)
+
+
+def drop_short_sessions(events: pd.DataFrame, min_length: int = 2, report=None) -> pd.DataFrame:
+    """Drop sessions with fewer than `min_length` events."""
+    lengths = events.groupby(SESSION)[SESSION].transform("size")
+    out = events[lengths.to_numpy() >= min_length]
+    _record(report, f"sessions < {min_length} events", events, out)
+    return out
+
+
+def drop_rare_items(events: pd.DataFrame, min_support: int = 5, report=None) -> pd.DataFrame:
+    """Drop events of items with fewer than `min_support` events."""
+    support = events.groupby(ITEM)[ITEM].transform("size")
+    out = events[support.to_numpy() >= min_support]
+    _record(report, f"items < {min_support} events", events, out)
+    return out
+
+
+def filter_sessions_and_items(
+    events: pd.DataFrame,
+    min_session_length: int = 2,
+    min_item_support: int = 5,
+    iterate: bool = True,
+    report=None,
+) -> pd.DataFrame:
+    """Short sessions, then rare items, then short sessions again; repeat until nothing changes
+    if `iterate` (the original script does one round)."""
+    events = drop_short_sessions(events, min_session_length, report)
+    while True:
+        n = len(events)
+        events = drop_rare_items(events, min_item_support, report)
+        events = drop_short_sessions(events, min_session_length, report)
+        if not iterate or len(events) == n:
+            return events
+
+
+def time_split(events: pd.DataFrame, test_seconds: float, report=None):
+    """Split by session end time: sessions ending in the last `test_seconds` are the test set.
+
+    Returns (train, test) frames.
+    """
+    end = events.groupby(SESSION)[TIME].max()
+    cut = events[TIME].max() - test_seconds
+    test_sessions = end.index[end.to_numpy() > cut]
+    is_test = events[SESSION].isin(test_sessions).to_numpy()
+    train, test = events[~is_test], events[is_test]
+    logger.info(
+        "time split at %.0f: %d train events / %d sessions, %d test events / %d sessions",
+        cut, len(train), train[SESSION].nunique(), len(test), test[SESSION].nunique(),
+    )
+    if report is not None:
+        report.append({"step": "time split", "cut_time": float(cut), "train_events": len(train),
+                       "test_events": len(test)})
+    return train, test
+
+
+def restrict_to_known_items(
+    test: pd.DataFrame, train: pd.DataFrame, min_session_length: int = 2, report=None
+) -> pd.DataFrame:
+    """Drop test events of items absent from `train`, then test sessions that became short."""
+    known = test[ITEM].isin(pd.unique(train[ITEM])).to_numpy()
+    out = test[known]
+    _record(report, "test items unknown to training", test, out)
+    return drop_short_sessions(out, min_session_length, report)
+
+
+def sessions_sorted(events: pd.DataFrame) -> pd.DataFrame:
+    """Events sorted by session, then time (stable)."""
+    order = np.lexsort((events[TIME].to_numpy(), pd.factorize(events[SESSION], sort=True)[0]))
+    return events.iloc[order].reset_index(drop=True)

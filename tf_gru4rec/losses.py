@@ -1,0 +1,82 @@
+"""Sampled ranking losses of GRU4Rec (SPEC.md, "Ranking losses").
+
+Every loss takes, for B events:
+  positive: [B] score r_i of each event's target item,
+  negatives: [B, C] scores r_j of the sampled items,
+  mask: [B, C] 1.0 where column j is a real negative for row i, 0.0 where it is not
+        (the row's own target, or an empty slot),
+and returns the per-event loss [B]. N_S is the number of real negatives of a row.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+_TINY = 1e-24
+_NEG_INF = -1e30
+
+
+def _masked(negatives, mask):
+    return ops.where(mask > 0, negatives, ops.full_like(negatives, _NEG_INF))
+
+
+def _count(mask):
+    return ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+
+def negative_softmax(negatives, mask):
+    """s_j = softmax(r_j) over the real negatives of each row: [B, C], zero where masked."""
+    x = _masked(negatives, mask)
+    x = x - ops.max(x, axis=1, keepdims=True)
+    e = ops.exp(x) * mask
+    return e / ops.maximum(ops.sum(e, axis=1, keepdims=True), _TINY)
+
+
+def cross_entropy(positive, negatives, mask):
+    """L = -log softmax(r)_i over the target and its negatives
+         = logsumexp([r_i, r_j...]) - r_i."""
+    x = ops.concatenate([positive[:, None], _masked(negatives, mask)], axis=1)
+    return ops.logsumexp(x, axis=1) - positive
+
+
+def bpr(positive, negatives, mask):
+    """L = -1/N_S sum_j log(sigmoid(r_i - r_j))."""
+    loss = -ops.log_sigmoid(positive[:, None] - negatives) * mask
+    return ops.sum(loss, axis=1) / _count(mask)
+
+
+def top1(positive, negatives, mask):
+    """L = 1/N_S sum_j [sigmoid(r_j - r_i) + sigmoid(r_j^2)]."""
+    loss = (ops.sigmoid(negatives - positive[:, None]) + ops.sigmoid(ops.square(negatives))) * mask
+    return ops.sum(loss, axis=1) / _count(mask)
+
+
+def top1_max(positive, negatives, mask):
+    """L = sum_j s_j [sigmoid(r_j - r_i) + sigmoid(r_j^2)], s = softmax over the negatives."""
+    s = negative_softmax(negatives, mask)
+    loss = s * (ops.sigmoid(negatives - positive[:, None]) + ops.sigmoid(ops.square(negatives)))
+    return ops.sum(loss, axis=1)
+
+
+def bpr_max(positive, negatives, mask, bpreg: float = 0.0):
+    """L = -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2, s = softmax over negatives."""
+    s = negative_softmax(negatives, mask)
+    ranking = ops.sum(s * ops.sigmoid(positive[:, None] - negatives), axis=1)
+    regulariser = ops.sum(s * ops.square(negatives), axis=1)
+    return -ops.log(ranking + _TINY) + bpreg * regulariser
+
+
+LOSSES = {
+    "cross-entropy": cross_entropy,
+    "bpr": bpr,
+    "top1": top1,
+    "top1-max": top1_max,
+    "bpr-max": bpr_max,
+}
+
+
+def get(name: str):
+    """The loss function called `name` (one of `LOSSES`)."""
+    if name not in LOSSES:
+        raise ValueError(f"`loss` should be one of {sorted(LOSSES)}. Received: {name!r}")
+    return LOSSES[name]

@@ -1,0 +1,91 @@
+"""Session-parallel mini-batches (SPEC.md, "Session-parallel mini-batches").
+
+B slots each hold one session; every step feeds each slot's current event as input and its next
+event as target. When a slot's session runs out, the next session (in the log's order) takes the
+slot and the reset mask marks it, so the model zeroes that slot's hidden state. Slots left
+without a session at the end of the log are marked invalid (the original shrinks the batch
+instead: same arithmetic, static shapes). One pass covers every event that has a successor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+import numpy as np
+
+from tf_gru4rec.data.session_log import SessionLog
+
+
+@dataclasses.dataclass(frozen=True)
+class StepArrays:
+    """One pass of session-parallel steps.
+
+    Attributes:
+      inputs: int32 [T, B] current item of each slot (0 where invalid).
+      targets: int32 [T, B] next item of each slot (0 where invalid).
+      reset: bool [T, B] the slot started a new session at this step (zero its state first).
+      valid: bool [T, B] the slot holds an event at this step.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    reset: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return self.inputs.shape[0]
+
+
+def session_order(log: SessionLog, shuffle: bool = False, seed: int = 0) -> np.ndarray:
+    """Order in which sessions enter the slots: log order (start time), or a seeded shuffle."""
+    order = np.arange(log.n_sessions)
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(order)
+    return order
+
+
+def session_parallel_steps(
+    log: SessionLog, batch_size: int, order: np.ndarray | None = None
+) -> StepArrays:
+    """All steps of one pass over `log` with `batch_size` slots.
+
+    A finished slot takes the next session in `order`; slots that finish at the same step are
+    refilled in slot-index order (as the original GRU4Rec iterator). Sessions shorter than 2
+    events are skipped.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` should be a positive integer. Received: {batch_size}")
+    order = np.arange(log.n_sessions) if order is None else np.asarray(order)
+    n_steps_of = log.lengths[order] - 1
+    order, n_steps_of = order[n_steps_of > 0], n_steps_of[n_steps_of > 0]
+    # Assign sessions to slots: the slot that frees first (lowest index on ties) takes the next.
+    slot_of = np.empty(len(order), dtype=np.int64)
+    start_step = np.empty(len(order), dtype=np.int64)
+    n_first = min(batch_size, len(order))
+    slot_of[:n_first] = np.arange(n_first)
+    start_step[:n_first] = 0
+    heap = [(int(n_steps_of[k]), k) for k in range(n_first)]
+    heapq.heapify(heap)
+    for k in range(n_first, len(order)):
+        free_at, slot = heapq.heappop(heap)
+        slot_of[k], start_step[k] = slot, free_at
+        heapq.heappush(heap, (free_at + int(n_steps_of[k]), slot))
+    n_total = int((start_step + n_steps_of).max()) if len(order) else 0
+    # Scatter every (session, step) pair into the [T, B] grid.
+    step_session = np.repeat(np.arange(len(order)), n_steps_of)
+    first_of = np.cumsum(n_steps_of) - n_steps_of
+    within = np.arange(len(step_session)) - np.repeat(first_of, n_steps_of)
+    t = start_step[step_session] + within
+    b = slot_of[step_session]
+    pos = log.offsets[order][step_session] + within
+    inputs = np.zeros((n_total, batch_size), dtype=np.int32)
+    targets = np.zeros((n_total, batch_size), dtype=np.int32)
+    reset = np.zeros((n_total, batch_size), dtype=bool)
+    valid = np.zeros((n_total, batch_size), dtype=bool)
+    inputs[t, b] = log.items[pos]
+    targets[t, b] = log.items[pos + 1]
+    valid[t, b] = True
+    reset[start_step, slot_of] = True
+    return StepArrays(inputs, targets, reset, valid)
