@@ -1,0 +1,197 @@
+"""The `tf-gru4rec` command line: train, evaluate, baselines, export, serve, replay, demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+logger = logging.getLogger("tf_gru4rec")
+
+
+def _add_read_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("click-log format")
+    group.add_argument("--format", default="auto",
+                       help="auto, tsv, csv, parquet or yoochoose (default: by file name)")
+    group.add_argument("--session-col", default="SessionId")
+    group.add_argument("--item-col", default="ItemId")
+    group.add_argument("--time-col", default="Time")
+
+
+def _read(path: str, args):
+    from tf_gru4rec.data.io import read_events
+
+    return read_events(path, session_col=args.session_col, item_col=args.item_col,
+                       time_col=args.time_col, fmt=args.format)
+
+
+def _test_log(path: str, args, vocabulary):
+    """Test events restricted to the model's items, then sessions with >= 2 events."""
+    from tf_gru4rec.data.io import ITEM
+    from tf_gru4rec.data.preprocess import drop_short_sessions
+    from tf_gru4rec.data.session_log import SessionLog
+
+    events = _read(path, args)
+    known = vocabulary.lookup(events[ITEM].to_numpy()) >= 0
+    if (~known).any():
+        logger.info("test: dropping %d events of items unknown to the model", (~known).sum())
+    events = drop_short_sessions(events[known], 2)
+    return SessionLog.from_events(events, vocabulary)
+
+
+def _json_out(result: dict) -> None:
+    sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def cmd_train(args) -> int:
+    import keras
+
+    from tf_gru4rec.config import TrainConfig, load_preset
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.evaluation import evaluate
+    from tf_gru4rec.training import save_model_dir, train
+
+    config = load_preset(args.preset) if args.preset else TrainConfig()
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    config = config.with_overrides(overrides)
+    logger.info("config: %s", config.to_dict())
+    events = _read(args.train, args)
+    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
+    log = SessionLog.from_events(events, vocabulary)
+    callbacks = []
+    if args.backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
+    if args.log_json:
+        callbacks.append(_JsonLines(args.log_json))
+    result = train(config, log, callbacks=callbacks, verbose=args.verbose)
+    save_model_dir(args.out, result.model, vocabulary, config)
+    metrics = {
+        "train_seconds": result.train_seconds,
+        "train_events": result.train_events,
+        "train_events_per_second": result.events_per_second,
+        "final_loss": float(result.history["loss"][-1]) if result.history.get("loss") else None,
+        "n_items": len(vocabulary),
+    }
+    if args.test:
+        test_log = _test_log(args.test, args, vocabulary)
+        metrics.update(evaluate(result.model, test_log, config.cutoffs, config.tie_mode,
+                                config.eval_batch_size))
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    _json_out(metrics)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tf_gru4rec.evaluation import evaluate
+    from tf_gru4rec.training import load_model_dir
+
+    trained = load_model_dir(args.model)
+    test_log = _test_log(args.test, args, trained.vocabulary)
+    cutoffs = args.cutoffs or trained.config.cutoffs
+    tie_mode = args.tie_mode or trained.config.tie_mode
+    _json_out(evaluate(trained.model, test_log, cutoffs, tie_mode, args.batch_size))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tf_gru4rec.data.io import write_events
+    from tf_gru4rec.data.synthetic import (
+        SyntheticConfig,
+        generate_sessions,
+        train_test_split_synthetic,
+    )
+
+    config = SyntheticConfig(n_items=args.items, n_sessions=args.sessions, seed=args.seed)
+    events = generate_sessions(config)
+    train_events, test_events = train_test_split_synthetic(events, test_days=args.test_days)
+    os.makedirs(args.out, exist_ok=True)
+    write_events(train_events, os.path.join(args.out, "train.tsv"))
+    write_events(test_events, os.path.join(args.out, "test.tsv"))
+    _json_out({"train_events": len(train_events), "test_events": len(test_events),
+               "out": args.out})
+    return 0
+
+
+class _JsonLines:
+    """Keras callback writing one JSON line of logs per epoch (created lazily: keras import)."""
+
+    def __new__(cls, path):
+        import keras
+
+        class JsonLines(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                with open(path, "a") as f:
+                    f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in
+                                                                (logs or {}).items()}}) + "\n")
+
+        return JsonLines()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tf-gru4rec", description=__doc__)
+    parser.add_argument("-v", "--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (and evaluate it on --test)")
+    p.add_argument("--train", required=True, help="training click log")
+    p.add_argument("--test", help="test click log (evaluated after training)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--preset", help="preset name (rsc15-xe, paper2016-top1, ...) or JSON file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set loss=bpr-max --set layers=100/100")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backup-dir", help="checkpoint each epoch here; a rerun resumes from it")
+    p.add_argument("--log-json", help="append one JSON line of training logs per epoch")
+    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
+                   help="Keras verbosity: auto, 0 (silent), 1 (progress bar), 2 (one line)")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Recall@K / MRR@K of a trained model on a test log")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--cutoffs", type=int, nargs="+")
+    p.add_argument("--tie-mode", choices=["standard", "conservative", "median"])
+    p.add_argument("--batch-size", type=int, default=512)
+    _add_read_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="write the bundled synthetic click log (train/test)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--test-days", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+# Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
+_SUBCOMMAND_MODULES: list[str] = []
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        logger.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

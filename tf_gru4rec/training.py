@@ -1,0 +1,126 @@
+"""Build, train, save and load GRU4Rec models from a `TrainConfig`.
+
+A trained model directory holds:
+  config.json          the TrainConfig
+  model.json           the Keras model config (GRU4Rec.get_config())
+  vocabulary.json      raw item ids in index order
+  model.weights.h5     the weights (item support for logQ included)
+  metrics.json         written by the CLI after evaluation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import keras
+
+from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.data.session_log import SessionLog
+from tf_gru4rec.data.vocabulary import ItemVocabulary
+from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.model import GRU4Rec
+from tf_gru4rec.optimizers import AdagradM
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """AdagradM (the original's optimizer) or any Keras optimizer by name."""
+    if config.optimizer.lower() in ("adagradm", "adagrad-momentum"):
+        return AdagradM(config.learning_rate, config.momentum)
+    optimizer = keras.optimizers.get(config.optimizer)
+    optimizer.learning_rate = config.learning_rate
+    return optimizer
+
+
+def build_model(config: TrainConfig, n_items: int, item_support=None) -> GRU4Rec:
+    """A built and compiled GRU4Rec for a catalogue of `n_items`."""
+    model = GRU4Rec(
+        n_items, layers=config.layers, embedding=config.embedding,
+        constrained_embedding=config.constrained_embedding,
+        dropout_p_embed=config.dropout_p_embed, dropout_p_hidden=config.dropout_p_hidden,
+        loss=config.loss, final_act=config.final_act, bpreg=config.bpreg,
+        elu_param=config.elu_param, logq=config.logq, sample_alpha=config.sample_alpha,
+        batch_size=config.batch_size, seed=config.seed)
+    model.build()
+    if item_support is not None:
+        model.set_item_support(item_support)
+    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
+    return model
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: GRU4Rec
+    history: dict
+    train_seconds: float
+    train_events: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.train_events / max(self.train_seconds, 1e-9)
+
+
+def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
+          model: GRU4Rec | None = None) -> TrainResult:
+    """Train on the sessions of `log` for `config.n_epochs` epochs with `model.fit`.
+
+    `model` continues training an existing (compiled) model; by default a new one is built.
+    Callbacks such as `keras.callbacks.BackupAndRestore` work as usual.
+    """
+    keras.utils.set_random_seed(config.seed)
+    source = SessionParallelInput(
+        log, config.batch_size, n_sample=config.n_sample, sample_alpha=config.sample_alpha,
+        shuffle_sessions=config.shuffle_sessions, seed=config.seed)
+    if model is None:
+        model = build_model(config, log.n_items, log.item_support())
+    logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
+                source.steps_per_epoch(), config.batch_size, config.n_epochs)
+    start = time.perf_counter()
+    history = model.fit(source.dataset(), epochs=config.n_epochs,
+                        callbacks=[source.callback(), *callbacks], verbose=verbose)
+    seconds = time.perf_counter() - start
+    epochs_run = len(history.history.get("loss", [])) or config.n_epochs
+    return TrainResult(model, history.history, seconds, log.n_predictions * epochs_run)
+
+
+def save_model_dir(path: str, model: GRU4Rec, vocabulary: ItemVocabulary,
+                   config: TrainConfig) -> None:
+    """Write a trained model directory (see module docstring)."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    with open(os.path.join(path, "model.json"), "w") as f:
+        json.dump(model.get_config(), f, indent=2)
+    vocabulary.save(os.path.join(path, "vocabulary.json"))
+    model.save_weights(os.path.join(path, "model.weights.h5"))
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    model: GRU4Rec
+    vocabulary: ItemVocabulary
+    config: TrainConfig
+
+
+def load_model_dir(path: str) -> TrainedModel:
+    """Load a model directory written by `save_model_dir` (weights, vocabulary, config)."""
+    for name in ("config.json", "model.json", "vocabulary.json", "model.weights.h5"):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path!r} is not a trained model directory: no {name}")
+    with open(os.path.join(path, "config.json")) as f:
+        config = TrainConfig.from_dict(json.load(f))
+    with open(os.path.join(path, "model.json")) as f:
+        model_config = json.load(f)
+    model = GRU4Rec.from_config(model_config)
+    model.build()
+    model.load_weights(os.path.join(path, "model.weights.h5"))
+    vocabulary = ItemVocabulary.load(os.path.join(path, "vocabulary.json"))
+    if len(vocabulary) != model.n_items:
+        raise ValueError(f"{path}: vocabulary has {len(vocabulary)} items, model {model.n_items}")
+    return TrainedModel(model, vocabulary, config)
