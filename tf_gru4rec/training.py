@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import warnings
 
 import keras
 
@@ -82,8 +83,11 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
     logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
                 source.steps_per_epoch(), config.batch_size, config.n_epochs)
     start = time.perf_counter()
-    history = model.fit(source.dataset(), epochs=config.n_epochs,
-                        callbacks=[source.callback(), *callbacks], verbose=verbose)
+    with warnings.catch_warnings():
+        # The epoch length is unknown to Keras until the first epoch ends: not an error.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(source.dataset(), epochs=config.n_epochs, shuffle=False,
+                            callbacks=[source.callback(), *callbacks], verbose=verbose)
     seconds = time.perf_counter() - start
     epochs_run = len(history.history.get("loss", [])) or config.n_epochs
     return TrainResult(model, history.history, seconds, log.n_predictions * epochs_run)

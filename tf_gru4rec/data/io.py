@@ -145,24 +145,19 @@ def _parse_times(values: np.ndarray, source: str) -> np.ndarray:
     else:
         as_str = pd.Series(values, dtype="string")
         numeric = pd.to_numeric(as_str, errors="coerce")
-        if numeric.notna().all():
-            times = numeric.to_numpy(dtype=np.float64)
+        if numeric.notna().mean() >= 0.5:  # a numeric column with some bad values
+            times = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             parsed = pd.to_datetime(as_str, errors="coerce", utc=True, format="ISO8601")
-            bad = parsed.isna().to_numpy()
-            if bad.any():
-                row = _first_bad_row(bad)
-                raise DataError(
-                    f"{source}: row {row + 1}, column {TIME!r}: expected unix seconds or an "
-                    f"ISO 8601 date-time, got {values[row]!r}"
-                )
             epoch = pd.Timestamp(0, tz="UTC")
-            times = ((parsed - epoch) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+            times = ((parsed - epoch) / pd.Timedelta(seconds=1)).to_numpy(
+                dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(times)
     if bad.any():
         row = _first_bad_row(bad)
         raise DataError(
-            f"{source}: row {row + 1}, column {TIME!r}: expected a finite time, got {values[row]!r}"
+            f"{source}: row {row + 1}, column {TIME!r}: expected unix seconds or an ISO 8601 "
+            f"date-time, got {values[row]!r}"
         )
     return times
 

@@ -1,0 +1,135 @@
+"""GRU stack, item scores and every loss against plain NumPy references."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_gru4rec import losses
+from tf_gru4rec.layers import GRUStack, ItemScores
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_gru_step(x_proj, h, u_rz, u_c):
+    """SPEC.md's equations; x_proj = x W + b holds the [r | z | candidate] input parts."""
+    n = h.shape[1]
+    r = sigmoid(x_proj[:, :n] + h @ u_rz[:, :n])
+    z = sigmoid(x_proj[:, n:2 * n] + h @ u_rz[:, n:])
+    c = np.tanh(x_proj[:, 2 * n:] + (r * h) @ u_c)
+    return (1 - z) * h + z * c
+
+
+def test_gru_stack_matches_numpy_over_several_steps(rng):
+    stack = GRUStack([4, 3], seed=1)
+    stack.build((None, 5))
+    for w in stack.biases:
+        w.assign(rng.normal(size=w.shape))  # non-zero biases are part of the check
+    xs = rng.normal(size=(6, 2, 5)).astype("float32")
+    states = [np.zeros((2, 4), "float32"), np.zeros((2, 3), "float32")]
+    ref = [s.copy() for s in states]
+    for x in xs:
+        out, states = stack(x, states)
+        inp = x
+        for i in range(2):
+            proj = inp @ stack.input_kernels[i].numpy() + stack.biases[i].numpy()
+            ref[i] = numpy_gru_step(proj, ref[i], stack.recurrent_gates[i].numpy(),
+                                    stack.recurrent_candidates[i].numpy())
+            inp = ref[i]
+        np.testing.assert_allclose(out, ref[1], atol=1e-5)
+        np.testing.assert_allclose(states[0], ref[0], atol=1e-5)
+
+
+def test_one_hot_input_equals_one_hot_times_matrix(rng):
+    stack = GRUStack([3], one_hot_items=7, seed=2)
+    stack.build((None,))
+    ids = np.array([0, 6, 3])
+    h = rng.normal(size=(3, 3)).astype("float32")
+    out, _ = stack(ids, [h])
+    one_hot = np.eye(7, dtype="float32")[ids]
+    proj = one_hot @ stack.input_kernels[0].numpy() + stack.biases[0].numpy()
+    expected = numpy_gru_step(proj, h, stack.recurrent_gates[0].numpy(),
+                              stack.recurrent_candidates[0].numpy())
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_dropout_output_is_the_carried_state():
+    stack = GRUStack([50], dropout=0.5, seed=3)
+    stack.build((None, 4))
+    out, states = stack(np.ones((2, 4), "float32"), [np.ones((2, 50), "float32")],
+                        training=True)
+    np.testing.assert_array_equal(out, states[0])
+    assert (np.asarray(out) == 0).mean() > 0.2
+
+
+def test_initialisation_range_and_config_round_trip():
+    stack = GRUStack([10], seed=0)
+    stack.build((None, 20))
+    limit = np.sqrt(6.0 / (20 + 10))  # per gate block of [20, 10]
+    assert np.abs(stack.input_kernels[0].numpy()).max() <= limit
+    assert np.abs(stack.input_kernels[0].numpy()).max() > 0.8 * limit
+    clone = GRUStack.from_config(stack.get_config())
+    assert clone.units == [10] and clone.dropout == 0.0
+
+
+def test_item_scores_sampled_and_full(rng):
+    layer = ItemScores(6, 3, seed=0)
+    layer.build()
+    layer.item_bias.assign(rng.normal(size=6))
+    h = rng.normal(size=(2, 3)).astype("float32")
+    w, b = layer.item_weights.numpy(), layer.item_bias.numpy()
+    np.testing.assert_allclose(layer(h), h @ w.T + b, atol=1e-5)
+    cols = np.array([5, 0, 5])
+    np.testing.assert_allclose(layer.sampled(h, cols), h @ w[cols].T + b[cols], atol=1e-5)
+
+
+# ----------------------------------------------------------------- losses
+def reference(name, pos, neg, mask, bpreg=0.0):
+    """Row-by-row NumPy versions of SPEC.md's formulas over the real negatives only."""
+    out = []
+    for p, row, m in zip(pos, neg, mask):
+        r = row[m > 0]
+        if name == "cross-entropy":
+            z = np.concatenate([[p], r])
+            out.append(-(p - np.log(np.exp(z - z.max()).sum()) - z.max()))
+        elif name == "bpr":
+            out.append(-np.mean(np.log(sigmoid(p - r))))
+        elif name == "top1":
+            out.append(np.mean(sigmoid(r - p) + sigmoid(r ** 2)))
+        else:
+            s = np.exp(r - r.max()) / np.exp(r - r.max()).sum()
+            if name == "top1-max":
+                out.append(np.sum(s * (sigmoid(r - p) + sigmoid(r ** 2))))
+            else:
+                out.append(-np.log(np.sum(s * sigmoid(p - r)) + 1e-24)
+                           + bpreg * np.sum(s * r ** 2))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_losses_match_numpy(name, rng):
+    for _ in range(3):
+        pos = rng.normal(size=5).astype("float32") * 2
+        neg = rng.normal(size=(5, 9)).astype("float32") * 2
+        mask = (rng.random((5, 9)) > 0.3).astype("float32")
+        mask[:, 0] = 1.0
+        kwargs = {"bpreg": 0.7} if name == "bpr-max" else {}
+        got = keras.ops.convert_to_numpy(losses.get(name)(pos, neg, mask, **kwargs))
+        np.testing.assert_allclose(got, reference(name, pos, neg, mask, 0.7), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_masked_columns_do_not_matter(rng):
+    pos = rng.normal(size=3).astype("float32")
+    neg = rng.normal(size=(3, 4)).astype("float32")
+    mask = np.array([[1, 1, 0, 0]] * 3, "float32")
+    changed = neg.copy()
+    changed[:, 2:] = 1e4
+    for fn in losses.LOSSES.values():
+        np.testing.assert_allclose(fn(pos, neg, mask), fn(pos, changed, mask), rtol=1e-6)
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="hinge"):
+        losses.get("hinge")

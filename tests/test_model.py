@@ -1,0 +1,174 @@
+"""GRU4Rec: state carried through fit, the sampled loss, training, saving, evaluation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.evaluation import evaluate, naive_ranks
+from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.metrics import target_ranks
+from tf_gru4rec.model import GRU4Rec
+from tf_gru4rec.training import build_model, load_model_dir, save_model_dir, train
+
+SMALL = TrainConfig(layers=[16], batch_size=8, n_sample=10, learning_rate=0.1, momentum=0.1,
+                    n_epochs=1, steps_per_execution=5, seed=1)
+
+
+def replay_states(model, steps, n_steps):
+    """Eager reference: run the GRU over the steps, zeroing slots at their reset flag."""
+    states = [np.zeros((steps.inputs.shape[1], h), "float32") for h in model.layer_sizes]
+    for t in range(n_steps):
+        keep = 1.0 - steps.reset[t][:, None].astype("float32")
+        _, states = model.step(steps.inputs[t], [s * keep for s in states])
+    return [np.asarray(s) for s in states]
+
+
+@pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False, "embedding": 0},
+                                  {"constrained_embedding": False, "embedding": 12}])
+def test_fit_carries_state_exactly(synthetic_log, mode):
+    log = synthetic_log[0]
+    config = SMALL.replace(learning_rate=1e-12, layers=[6, 5], **mode)  # weights do not move
+    model = build_model(config, log.n_items, log.item_support())
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample)
+    steps = source.steps(0)
+    n = 35  # a multiple of steps_per_execution
+    model.fit(source.dataset().take(n), epochs=1, verbose=0, shuffle=False,
+              callbacks=[source.callback()])
+    for got, want in zip(model.train_states, replay_states(model, steps, n)):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def numpy_sampled_xe(model, hidden, targets, valid, negatives):
+    w = model.item_scores.item_weights.numpy()
+    b = model.item_scores.item_bias.numpy()
+    log_support = model.log_support.numpy()
+    cols = np.concatenate([targets, negatives])
+    scores = hidden @ w[cols].T + b[cols]
+    log_q = np.concatenate([log_support[targets], model.sample_alpha * log_support[negatives]])
+    scores = scores - model.logq * log_q
+    out = []
+    for i in range(len(targets)):
+        keep = np.concatenate([valid, np.ones(len(negatives))]) > 0
+        keep[i] = True  # the target itself is in the softmax once
+        z = scores[i, keep]
+        out.append(np.log(np.exp(z - z.max()).sum()) + z.max() - scores[i, i])
+    return np.array(out)
+
+
+def test_sampled_cross_entropy_with_logq_and_empty_slots(rng):
+    model = build_model(SMALL.replace(logq=1.0, sample_alpha=0.5), 30,
+                        rng.integers(1, 100, size=30))
+    model.item_scores.item_bias.assign(rng.normal(size=30).astype("float32"))
+    hidden = rng.normal(size=(8, 16)).astype("float32")
+    targets = rng.integers(0, 30, size=8).astype("int32")
+    negatives = rng.integers(0, 30, size=10).astype("int32")
+    valid = np.array([1, 1, 1, 0, 1, 1, 0, 1], "float32")
+    got = model.sampled_loss(hidden, targets, valid, negatives).numpy()
+    want = numpy_sampled_xe(model, hidden, targets, valid, negatives)
+    np.testing.assert_allclose(got[valid > 0], want[valid > 0], rtol=1e-4)
+
+
+def test_item_table_gradients_are_row_sparse(synthetic_log):
+    model = build_model(SMALL, 20)
+    with tf.GradientTape() as tape:
+        hidden, _ = model.step(tf.constant([1, 2]), model.gru.initial_states(2))
+        loss = tf.reduce_sum(model.sampled_loss(hidden, tf.constant([3, 4]),
+                                                tf.ones(2), tf.constant([5, 6, 7])))
+    grad = tape.gradient(loss, model.item_scores.item_weights)
+    assert isinstance(grad, tf.IndexedSlices)
+
+
+def pop_recall_at_20(train_log, test_log):
+    top = np.argsort(-train_log.item_support(), kind="stable")[:20]
+    hits = total = 0
+    for s in range(test_log.n_sessions):
+        items = test_log.session(s)
+        hits += np.isin(items[1:], top).sum()
+        total += len(items) - 1
+    return hits / total
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1", "bpr", "top1-max"])
+def test_training_learns_and_beats_popularity(synthetic_log, loss):
+    log = synthetic_log[0]
+    config = SMALL.replace(loss=loss, layers=[32], n_epochs=3, learning_rate=0.1,
+                           elu_param=0.5 if loss == "bpr-max" else 0.0,
+                           logq=1.0 if loss == "cross-entropy" else 0.0)
+    result = train(config, log, verbose=0)
+    losses = result.history["loss"]
+    assert losses[-1] < losses[0]
+    metrics = evaluate(result.model, log, cutoffs=(20,))
+    assert metrics["test_events"] == log.n_predictions
+    assert metrics["recall@20"] > 1.3 * pop_recall_at_20(log, log)
+
+
+def test_evaluate_matches_naive_evaluator_with_ties(synthetic_log, rng):
+    log = synthetic_log[0]
+    model = build_model(SMALL.replace(layers=[4]), log.n_items)
+    weights = model.item_scores.item_weights.numpy()
+    weights[1::3] = weights[0::3][: len(weights[1::3])]  # many exact ties
+    model.item_scores.item_weights.assign(weights)
+    for mode in ("standard", "conservative", "median"):
+        got = evaluate(model, log, cutoffs=(1, 5, 20), tie_mode=mode, batch_size=64)
+        ranks = []
+        for s in range(min(log.n_sessions, 150)):
+            items = log.session(s)
+            states = model.gru.initial_states(1)
+            for t in range(len(items) - 1):
+                hidden, states = model.step(items[t : t + 1], states)
+                scores = model.score_all(hidden).numpy()[0]
+                ranks.append(naive_ranks(scores, items[t + 1], mode))
+        partial = evaluate(model, _first_sessions(log, 150), cutoffs=(1, 5, 20),
+                           tie_mode=mode, batch_size=64)
+        ranks = np.array(ranks)
+        for k in (1, 5, 20):
+            assert partial[f"recall@{k}"] == pytest.approx(np.mean(ranks <= k), abs=1e-9)
+            assert partial[f"mrr@{k}"] == pytest.approx(np.mean((ranks <= k) / ranks), abs=1e-6)
+        assert 0 < got["recall@20"] < 1
+
+
+def _first_sessions(log, n):
+    from tf_gru4rec.data.session_log import SessionLog
+
+    end = log.offsets[n]
+    return SessionLog(log.items[:end], log.offsets[: n + 1], log.session_ids[:n],
+                      log.start_times[:n], log.n_items)
+
+
+def test_target_ranks_tie_rules():
+    scores = tf.constant([[0.5, 0.9, 0.5, 0.1]])
+    target = tf.constant([0])
+    assert target_ranks(scores, target, "standard").numpy()[0] == 2
+    assert target_ranks(scores, target, "conservative").numpy()[0] == 3
+    assert target_ranks(scores, target, "median").numpy()[0] == 2.5
+    with pytest.raises(ValueError, match="tie_mode"):
+        target_ranks(scores, target, "optimistic")
+
+
+def test_save_and_load_give_the_same_scores(tmp_path, synthetic_log):
+    log, vocab, _ = synthetic_log
+    model = build_model(SMALL, log.n_items, log.item_support())
+    ids = np.array([0, 5, 7], "int32")
+    expected = model(ids).numpy()
+    save_model_dir(str(tmp_path / "m"), model, vocab, SMALL)
+    loaded = load_model_dir(str(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.model(ids).numpy(), expected, atol=1e-6)
+    assert loaded.vocabulary == vocab and loaded.config == SMALL
+    np.testing.assert_array_equal(loaded.model.log_support.numpy(), model.log_support.numpy())
+    # Keras' own format round-trips too.
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert isinstance(reloaded, GRU4Rec)
+    np.testing.assert_allclose(reloaded(ids).numpy(), expected, atol=1e-6)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="final_act"):
+        GRU4Rec(10, final_act="relu")
+    with pytest.raises(ValueError, match="loss"):
+        GRU4Rec(10, loss="hinge")
+    model = build_model(SMALL, 10)
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        model.set_item_support(np.ones(3))

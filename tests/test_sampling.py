@@ -1,0 +1,44 @@
+"""Negative sampling probabilities and draws."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gru4rec.sampling import NegativeSampler, sampling_probabilities
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_probabilities_are_support_to_the_alpha(alpha):
+    support = np.array([1, 4, 0, 9, 16])
+    expected = np.array([1, 4 ** alpha, 0, 9 ** alpha, 16 ** alpha], dtype=float)
+    np.testing.assert_allclose(sampling_probabilities(support, alpha), expected / expected.sum())
+
+
+def test_empirical_frequencies_match(rng):
+    support = rng.integers(1, 200, size=50)
+    sampler = NegativeSampler(support, 0.75, n_sample=1000, seed=5, steps_per_block=100)
+    draws = sampler.draw_block(tf.constant(0), tf.constant(0), 100).numpy()
+    assert draws.shape == (100, 1000)
+    freq = np.bincount(draws.ravel(), minlength=50) / draws.size
+    p = sampling_probabilities(support, 0.75)
+    # 100k draws: standard error of each frequency <= sqrt(p/1e5) ~ 1e-3
+    np.testing.assert_allclose(freq, p, atol=5 * np.sqrt(p.max() / draws.size))
+    assert draws.max() < 50 and draws.min() >= 0
+
+
+def test_draws_are_deterministic_per_block_and_never_pick_unsupported_items():
+    support = np.array([0, 5, 0, 5])
+    sampler = NegativeSampler(support, 1.0, n_sample=64, seed=1)
+    a = sampler.draw_block(tf.constant(2), tf.constant(3), 10).numpy()
+    b = sampler.draw_block(tf.constant(2), tf.constant(3), 10).numpy()
+    c = sampler.draw_block(tf.constant(2), tf.constant(4), 10).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert set(np.unique(a)) <= {1, 3}
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="non-negative"):
+        sampling_probabilities(np.array([-1, 2]), 0.5)
+    with pytest.raises(ValueError, match="n_sample"):
+        NegativeSampler(np.array([1, 2]), 0.5, n_sample=-1)

@@ -1,0 +1,68 @@
+"""The `tf-gru4rec baselines` subcommand: fit POP / S-POP / item-KNN / BPR-MF on a training log,
+evaluate them on a test log like a GRU model, and print {name: metrics} as JSON.
+
+Importing this module stays light (argparse only); NumPy and pandas load inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger("tf_gru4rec")
+
+# As tf_gru4rec.baselines.BASELINE_NAMES / TIE_MODES (not imported here: it loads NumPy).
+NAMES = ("pop", "spop", "itemknn", "bprmf")
+TIE_MODES = ("standard", "conservative", "median")
+
+
+def register(subparsers) -> None:
+    """Add the `baselines` subcommand to the `tf-gru4rec` parser."""
+    from tf_gru4rec.cli import _add_read_options
+
+    p = subparsers.add_parser(
+        "baselines", help="Recall@K / MRR@K of POP, S-POP, item-KNN and BPR-MF",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train", required=True, help="training click log (defines the items)")
+    p.add_argument("--test", required=True, help="test click log")
+    p.add_argument("--names", nargs="+", choices=NAMES, default=list(NAMES),
+                   help="baselines to run")
+    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--tie-mode", choices=TIE_MODES, default="conservative")
+    p.add_argument("--top-n", type=int, default=100,
+                   help="POP / S-POP: items with a non-zero popularity score")
+    p.add_argument("--n-neighbors", type=int, default=100, help="item-KNN neighbours per item")
+    p.add_argument("--lmbd", type=float, default=20.0, help="item-KNN support regularisation")
+    p.add_argument("--alpha", type=float, default=0.5, help="item-KNN normalisation balance")
+    p.add_argument("--n-factors", type=int, default=100, help="BPR-MF factors")
+    p.add_argument("--n-epochs", type=int, default=10, help="BPR-MF epochs")
+    p.add_argument("--learning-rate", type=float, default=0.01, help="BPR-MF learning rate")
+    p.add_argument("--seed", type=int, default=0, help="BPR-MF seed")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_baselines)
+
+
+def cmd_baselines(args) -> int:
+    from tf_gru4rec.baselines import run_baselines
+    from tf_gru4rec.cli import _json_out, _read, _test_log
+    from tf_gru4rec.data.io import ITEM
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+
+    events = _read(args.train, args)
+    vocabulary = ItemVocabulary.from_events(events[ITEM].to_numpy())
+    train_log = SessionLog.from_events(events, vocabulary)
+    test_log = _test_log(args.test, args, vocabulary)
+    params = {
+        "pop": {"top_n": args.top_n},
+        "spop": {"top_n": args.top_n},
+        "itemknn": {"n_neighbors": args.n_neighbors, "lmbd": args.lmbd, "alpha": args.alpha},
+        "bprmf": {"n_factors": args.n_factors, "n_epochs": args.n_epochs,
+                  "learning_rate": args.learning_rate, "seed": args.seed},
+    }
+    logger.info("baselines %s on %d training items, %d test events", args.names,
+                len(vocabulary), test_log.n_predictions)
+    _json_out(run_baselines(train_log, test_log, names=args.names, cutoffs=args.cutoffs,
+                            tie_mode=args.tie_mode, params=params))
+    return 0
