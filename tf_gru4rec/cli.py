@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = []
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines"]
 
 
 def main(argv=None) -> int:
