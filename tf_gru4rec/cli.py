@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines"]
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_serving"]
 
 
 def main(argv=None) -> int:

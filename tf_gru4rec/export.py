@@ -120,7 +120,7 @@ class ServingModule(tf.Module):
             tf.string, tf.float64, default_value=-1.0, name="last_seen")
         if self.exclude_seen:
             self.seen = tf.lookup.experimental.MutableHashTable(
-                tf.string, tf.int64, default_value=tf.fill([self.max_seen], tf.constant(-1, tf.int64)),
+                tf.string, tf.int64, default_value=tf.constant([-1] * self.max_seen, tf.int64),
                 name="seen")
         self.last_sweep = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="last_sweep")
         self._build_signatures()
@@ -169,6 +169,7 @@ class ServingModule(tf.Module):
         Returns (hidden [B, H], has_state bool [B], known bool [B], seen int64 [B, max_seen]
         or None). Writes the new states and last-seen times, then evicts if due.
         """
+        _check_batch(session_id=session_id, item_id=item_id)
         now = tf.timestamp()
         batch = tf.shape(session_id)[0]
         item_idx = self._lookup(item_id)
@@ -257,6 +258,7 @@ class ServingModule(tf.Module):
             return {"ended": ended}
 
         def rank(session_id, item_id, target_item_id):
+            _check_batch(session_id=session_id, target_item_id=target_item_id)
             hidden, _, known, _ = self._stateful_step(session_id, item_id)
             scores = self._model.score_all(hidden)  # (B, n_items)
             target = self._lookup(target_item_id)
@@ -270,6 +272,8 @@ class ServingModule(tf.Module):
                     "n_ties": tf.where(target_known, n_ties, minus_one), "known": known}
 
         def step(item_id, state, seen_item_ids=None):
+            _check_batch(item_id=item_id, state=state, **(
+                {} if seen_item_ids is None else {"seen_item_ids": seen_item_ids}))
             item_idx = self._lookup(item_id)
             known = item_idx >= 0
             has_state = tf.reduce_any(tf.not_equal(state, 0.0), axis=1)
@@ -325,6 +329,15 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict:
         """Signature name -> concrete function, for `tf.saved_model.save`."""
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+
+def _check_batch(**tensors):
+    """Fail with InvalidArgument unless all tensors have the same batch size (dimension 0)."""
+    (first_name, first), *others = tensors.items()
+    for name, tensor in others:
+        tf.debugging.assert_equal(
+            tf.shape(tensor)[0], tf.shape(first)[0],
+            message=f"`{name}` and `{first_name}` should have the same batch size")
 
 
 class _Untracked:
@@ -490,9 +503,9 @@ def _positive_int(name: str, value) -> int:
 def _popular_indices(model, vocabulary, popular_items, k: int) -> np.ndarray:
     """int64 [k] item indices of the fallback recommendation."""
     if popular_items is not None:
-        raw = list(popular_items)[:k]
-        idx = vocabulary.lookup(np.asarray(raw, dtype=vocabulary.raw_ids.dtype)) if raw else []
-        idx = np.asarray(idx, dtype=np.int64)
+        index_of = {s: i for i, s in enumerate(vocabulary.as_strings())}
+        raw = [str(x) for x in list(popular_items)[:k]]
+        idx = np.asarray([index_of.get(x, -1) for x in raw], dtype=np.int64)
         if len(idx) < k or (idx < 0).any():
             raise ValueError(f"`popular_items` should start with {k} (=k) item ids known to the "
                              f"model. Received {len(raw)} ids, {int((idx < 0).sum())} unknown")

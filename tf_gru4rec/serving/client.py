@@ -21,7 +21,6 @@ back as `str`, other tensors as numpy arrays.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -277,11 +276,11 @@ class RestClient:
         except urllib.error.HTTPError as error:
             raise ServingError(_HTTP_CODES.get(error.code, "UNKNOWN"),
                                _error_message(error), url) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ServingError("DEADLINE_EXCEEDED", f"no answer within {timeout:g}s",
                                url) from None
         except urllib.error.URLError as error:
-            if isinstance(error.reason, (TimeoutError, socket.timeout)):
+            if isinstance(error.reason, TimeoutError):
                 raise ServingError("DEADLINE_EXCEEDED", f"no answer within {timeout:g}s",
                                    url) from None
             raise ServingError("UNAVAILABLE", f"cannot reach {url} ({error.reason})",

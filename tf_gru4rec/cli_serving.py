@@ -1,0 +1,123 @@
+"""CLI subcommands `export`, `serve` and `replay` (registered by `tf_gru4rec.cli`).
+
+TensorFlow and the serving modules are imported only when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger("tf_gru4rec")
+
+
+def cmd_export(args) -> int:
+    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.export import export_model
+    from tf_gru4rec.training import load_model_dir
+
+    trained = load_model_dir(args.model)
+    try:
+        path = export_model(
+            trained.model, trained.vocabulary, args.base, version=args.version, k=args.k,
+            exclude_seen=args.exclude_seen, session_capacity=args.session_capacity,
+            session_idle_seconds=args.session_idle_seconds, max_seen=args.max_seen,
+            popular_items=args.popular_items, warmup=not args.no_warmup)
+    except FileExistsError as error:
+        logger.error("%s", error)
+        return 2
+    _json_out({"export": path, "k": args.k, "exclude_seen": args.exclude_seen})
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tf_gru4rec.serving.dev_server import DevServer
+
+    server = DevServer(args.base, model_name=args.model_name, host=args.host, port=args.port,
+                       rest_port=args.rest_port, max_workers=args.workers,
+                       poll_seconds=args.poll_seconds or None, warmup=not args.no_warmup)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as error:
+        logger.error("cannot start the server on %s:%s: %s", args.host, args.port, error)
+        server.stop(0)
+        return 2
+    logger.info("serving until interrupted (Ctrl-C); this is a development stand-in for "
+                "TensorFlow Serving")
+    server.wait()
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.serving.client import ServingError
+    from tf_gru4rec.serving.replay import replay
+
+    read_options = {"session_col": args.session_col, "item_col": args.item_col,
+                    "time_col": args.time_col, "fmt": args.format}
+    try:
+        result = replay(args.target, args.test, model_name=args.model_name,
+                        cutoffs=args.cutoffs, tie_mode=args.tie_mode,
+                        batch_size=args.batch_size, timeout=args.timeout,
+                        read_options=read_options)
+    except ServingError as error:
+        logger.error("replay failed: %s", error)
+        return 3
+    _json_out(result)
+    return 0
+
+
+def _popular(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tf_gru4rec.cli import _add_read_options
+
+    p = subparsers.add_parser(
+        "export", help="write a TF Serving SavedModel version of a trained model")
+    p.add_argument("--model", required=True, help="trained model directory")
+    p.add_argument("--base", default="export/gru4rec",
+                   help="model base path; the new version goes to BASE/<version>/")
+    p.add_argument("--version", type=int, help="version number (default: latest + 1)")
+    p.add_argument("--k", type=int, default=20, help="recommendations per request")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="never recommend items already clicked in the session")
+    p.add_argument("--max-seen", type=int, default=100,
+                   help="clicked items remembered per session for --exclude-seen")
+    p.add_argument("--session-capacity", type=int, default=100_000,
+                   help="most sessions kept by the stateful signature")
+    p.add_argument("--session-idle-seconds", type=float, default=1800.0,
+                   help="a session idle longer than this starts over")
+    p.add_argument("--popular-items", type=_popular,
+                   help="comma-separated fallback item ids, most popular first "
+                        "(default: by training counts)")
+    p.add_argument("--no-warmup", action="store_true", help="write no warmup requests")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser(
+        "serve", help="development gRPC/REST server (a stand-in for TensorFlow Serving)")
+    p.add_argument("--base", default="export/gru4rec", help="model base path")
+    p.add_argument("--model-name", default="gru4rec")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port")
+    p.add_argument("--rest-port", type=int, help="REST port (default: no REST endpoint)")
+    p.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
+    p.add_argument("--poll-seconds", type=float, default=0.0,
+                   help="load new versions as they appear, checking this often (0: never)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warmup requests")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "replay", help="Recall@K / MRR@K of a served model by replaying a test log through it")
+    p.add_argument("--target", required=True, help="gRPC HOST:PORT of the server")
+    p.add_argument("--test", required=True, help="test click log")
+    p.add_argument("--model-name", default="gru4rec")
+    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--tie-mode", default="conservative",
+                   choices=["standard", "conservative", "median"])
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="session-parallel slots per request (as `evaluate --batch-size`)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_replay)
