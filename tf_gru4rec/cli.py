@@ -119,6 +119,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from tf_gru4rec.demo import DemoOptions, format_summary, run_demo
+
+    summary = run_demo(DemoOptions(workdir=args.workdir, export_base=args.export_base,
+                                   n_items=args.items, n_sessions=args.sessions,
+                                   preset=args.preset, seed=args.seed, verbose=args.verbose))
+    sys.stdout.write(format_summary(summary) + "\n")
+    return 0
+
+
 class _JsonLines:
     """Keras callback writing one JSON line of logs per epoch (created lazily: keras import)."""
 
@@ -170,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-days", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the main job on the bundled synthetic data: train, "
+                       "evaluate against baselines, export, serve a few requests")
+    p.add_argument("--workdir", default="runs/demo", help="data and model directory")
+    p.add_argument("--export-base", default="export/gru4rec", help="SavedModel base path")
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v))
+    p.set_defaults(func=cmd_demo)
 
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)

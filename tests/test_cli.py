@@ -1,0 +1,60 @@
+"""The command line end to end on tiny synthetic files."""
+
+import json
+
+import pytest
+
+from tf_gru4rec.cli import main
+
+TINY = ["--set", "layers=8", "--set", "n_sample=16", "--set", "n_epochs=1", "--set",
+        "batch_size=8", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    assert main(["-v", "WARNING", "generate", "--out", str(out), "--items", "150",
+                 "--sessions", "600"]) == 0
+    return out
+
+
+def test_train_writes_model_and_metrics_and_evaluate_agrees(files, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    code = main(["-v", "WARNING", "train", "--train", str(files / "train.tsv"), "--test",
+                 str(files / "test.tsv"), "--out", str(model_dir), "--preset", "quick",
+                 "--seed", "3", "--log-json", str(tmp_path / "log.jsonl"), *TINY])
+    assert code == 0
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    for key in ("recall@20", "mrr@20", "recall@5", "train_seconds", "train_events_per_second",
+                "test_events"):
+        assert key in metrics
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    capsys.readouterr()
+    assert main(["-v", "WARNING", "evaluate", "--model", str(model_dir), "--test",
+                 str(files / "test.tsv")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["recall@20"] == pytest.approx(metrics["recall@20"])
+    assert again["mrr@20"] == pytest.approx(metrics["mrr@20"])
+
+
+def test_bad_parameter_and_missing_file_give_clear_errors(files, tmp_path, caplog):
+    assert main(["train", "--train", str(files / "train.tsv"), "--out", str(tmp_path / "m"),
+                 "--set", "learning_rate=fast"]) == 2
+    assert "learning_rate" in caplog.text and "fast" in caplog.text
+    assert main(["train", "--train", str(tmp_path / "none.tsv"), "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "none.tsv" in caplog.text
+    assert main(["train", "--train", str(files / "train.tsv"), "--out", str(tmp_path / "m"),
+                 "--preset", "nope"]) == 2
+    assert "rsc15-xe" in caplog.text  # the known presets are listed
+
+
+def test_demo_runs_every_stage(tmp_path, capsys):
+    code = main(["-v", "WARNING", "demo", "--workdir", str(tmp_path / "demo"), "--export-base",
+                 str(tmp_path / "export" / "gru4rec"), "--items", "150", "--sessions", "800",
+                 "--verbose", "0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| gru4rec |" in out and "| itemknn |" in out
+    assert "clicked" in out and (tmp_path / "export" / "gru4rec" / "1" /
+                                 "saved_model.pb").exists()
