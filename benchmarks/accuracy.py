@@ -40,8 +40,8 @@ def run_one(preset: str, seed: int, train_path: str, test_path: str, overrides: 
 
 
 def summarise(records: list[dict]) -> str:
-    lines = ["| preset | seeds | Recall@20 mean (min-max) | MRR@20 mean (min-max) | train events/s |",
-             "|---|---|---|---|---|"]
+    lines = ["| preset | seeds | Recall@20 mean (min-max) | MRR@20 mean (min-max) "
+             "| train events/s |", "|---|---|---|---|---|"]
     for preset in dict.fromkeys(r["preset"] for r in records):
         rs = [r for r in records if r["preset"] == preset]
         rec = [r["recall@20"] for r in rs]

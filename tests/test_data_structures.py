@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import frame
+
 from tf_gru4rec.data import preprocess
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary

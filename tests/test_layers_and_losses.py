@@ -88,7 +88,7 @@ def test_item_scores_sampled_and_full(rng):
 def reference(name, pos, neg, mask, bpreg=0.0):
     """Row-by-row NumPy versions of SPEC.md's formulas over the real negatives only."""
     out = []
-    for p, row, m in zip(pos, neg, mask):
+    for p, row, m in zip(pos, neg, mask, strict=True):
         r = row[m > 0]
         if name == "cross-entropy":
             z = np.concatenate([[p], r])

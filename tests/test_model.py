@@ -36,7 +36,7 @@ def test_fit_carries_state_exactly(synthetic_log, mode):
     n = 35  # a multiple of steps_per_execution
     model.fit(source.dataset().take(n), epochs=1, verbose=0, shuffle=False,
               callbacks=[source.callback()])
-    for got, want in zip(model.train_states, replay_states(model, steps, n)):
+    for got, want in zip(model.train_states, replay_states(model, steps, n), strict=True):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 

@@ -11,7 +11,7 @@ from tf_gru4rec.optimizers import AdagradM, coalesce_rows
 def reference_step(p, acc, mom, rows, grads, lr, momentum, eps=1e-6):
     """Sum duplicate rows, then update only those rows (dense: rows = all)."""
     summed = {}
-    for r, g in zip(rows, grads):
+    for r, g in zip(rows, grads, strict=True):
         summed[r] = summed.get(r, 0) + g
     for r, g in summed.items():
         acc[r] += g * g
@@ -28,7 +28,7 @@ def test_coalesce_rows_sums_duplicates():
     idx, values, keep = coalesce_rows(slices)
     n = int(keep.numpy().sum())
     assert n == 2
-    got = dict(zip(idx.numpy()[:n], values.numpy()[:n, 0]))
+    got = dict(zip(idx.numpy()[:n], values.numpy()[:n, 0], strict=True))
     assert got == {2: 2.0, 5: 8.0}
     np.testing.assert_array_equal(values.numpy()[n:], 0.0)
 

@@ -28,7 +28,8 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_log, tmp_path):
     resumed = train(CONFIG, log, callbacks=[keras.callbacks.BackupAndRestore(backup)],
                     verbose=0)
     assert len(resumed.history["loss"]) == 1  # only the last epoch ran again
-    for want, got in zip(reference.weights, resumed.model.weights):
+    for want, got in zip(reference.weights, resumed.model.weights, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, err_msg=got.path)
-    for want, got in zip(reference.optimizer.variables, resumed.model.optimizer.variables):
+    pairs = zip(reference.optimizer.variables, resumed.model.optimizer.variables, strict=True)
+    for want, got in pairs:
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, err_msg=got.path)

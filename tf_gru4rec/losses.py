@@ -59,7 +59,8 @@ def top1_max(positive, negatives, mask):
 
 
 def bpr_max(positive, negatives, mask, bpreg: float = 0.0):
-    """L = -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2, s = softmax over negatives."""
+    """L = -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2,
+    s = softmax over the negatives."""
     s = negative_softmax(negatives, mask)
     ranking = ops.sum(s * ops.sigmoid(positive[:, None] - negatives), axis=1)
     regulariser = ops.sum(s * ops.square(negatives), axis=1)

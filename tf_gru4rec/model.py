@@ -177,7 +177,7 @@ class GRU4Rec(keras.Model):
             loss = ops.sum(per_event) / float(self.batch_size)
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        for variable, value in zip(self.train_states, new_states):
+        for variable, value in zip(self.train_states, new_states, strict=True):
             variable.assign(value)
         self.loss_tracker.update_state(per_event, sample_weight=valid)
         return {"loss": self.loss_tracker.result()}

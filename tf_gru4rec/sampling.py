@@ -48,7 +48,7 @@ class NegativeSampler:
         self._n_items = len(cdf)
 
     def draw_block(self, epoch: tf.Tensor, block: tf.Tensor, n_steps) -> tf.Tensor:
-        """int32 [n_steps, n_sample] samples of block `block` of epoch `epoch` (graph-compatible)."""
+        """int32 [n_steps, n_sample] samples of block `block` of epoch `epoch` (in-graph)."""
         key = tf.stack([tf.cast(self.seed, tf.int64),
                         tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(block, tf.int64)])
         u = tf.random.stateless_uniform([n_steps * self.n_sample], seed=key, dtype=tf.float64)

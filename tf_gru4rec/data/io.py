@@ -162,7 +162,8 @@ def _parse_times(values: np.ndarray, source: str) -> np.ndarray:
     return times
 
 
-def write_events(frame: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str] = STANDARD_COLUMNS):
+def write_events(frame: pd.DataFrame, path: str | os.PathLike,
+                 columns: Sequence[str] = STANDARD_COLUMNS) -> None:
     """Write an event frame in the GRU4Rec convention (tab-separated with a header) or Parquet."""
     path = os.fspath(path)
     if path.endswith(".parquet"):

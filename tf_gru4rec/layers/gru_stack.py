@@ -57,7 +57,8 @@ class GRUStack(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = [int(u) for u in units]
         if not self.units or min(self.units) < 1:
-            raise ValueError(f"`units` should be a non-empty list of positive ints. Received: {units}")
+            raise ValueError(
+                f"`units` should be a non-empty list of positive ints. Received: {units}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` should be in [0, 1). Received: {dropout}")
         self.one_hot_items = int(one_hot_items)
