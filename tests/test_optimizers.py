@@ -35,10 +35,11 @@ def test_coalesce_rows_sums_duplicates():
 
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
 @pytest.mark.parametrize("jit", [False, True])
-def test_sparse_and_dense_updates_match_reference(momentum, jit, rng):
+@pytest.mark.parametrize("dense_row_factor", [0.0, 100.0])  # row-sparse / masked-dense path
+def test_sparse_and_dense_updates_match_reference(momentum, jit, dense_row_factor, rng):
     table = keras.Variable(rng.normal(size=(8, 3)).astype("float32"))
     dense = keras.Variable(rng.normal(size=(2, 3)).astype("float32"))
-    opt = AdagradM(learning_rate=0.1, momentum=momentum)
+    opt = AdagradM(learning_rate=0.1, momentum=momentum, dense_row_factor=dense_row_factor)
     opt.build([table, dense])
     ref_t, ref_d = table.numpy().astype(np.float64), dense.numpy().astype(np.float64)
     acc_t, acc_d = np.zeros_like(ref_t), np.zeros_like(ref_d)
