@@ -133,3 +133,17 @@ def test_masked_columns_do_not_matter(rng):
 def test_unknown_loss_is_named():
     with pytest.raises(ValueError, match="hinge"):
         losses.get("hinge")
+
+
+def test_philox_dropout_rate_scale_and_identity():
+    from tf_gru4rec.layers import PhiloxDropout
+
+    layer = PhiloxDropout(0.3, seed=1)
+    x = np.ones((200, 100), "float32")
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    out = np.asarray(layer(x, training=True))
+    assert abs((out == 0).mean() - 0.3) < 0.02
+    np.testing.assert_allclose(out[out > 0], 1 / 0.7, rtol=1e-6)
+    assert not np.array_equal(out, np.asarray(layer(x, training=True)))  # a new mask each call
+    with pytest.raises(ValueError, match="rate"):
+        PhiloxDropout(1.0)

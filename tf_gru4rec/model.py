@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec import losses
-from tf_gru4rec.layers import GRUStack, ItemScores
+from tf_gru4rec.layers import GRUStack, ItemScores, PhiloxDropout
 
 EMBEDDING_MODES = ("one-hot", "separate", "constrained")
 
@@ -73,7 +73,7 @@ class GRU4Rec(keras.Model):
             keras.layers.Embedding(self.n_items, self.embedding, name="input_embedding",
                                    embeddings_initializer=keras.initializers.GlorotUniform(seed))
             if self.embedding_mode == "separate" else None)
-        self.embedding_dropout = keras.layers.Dropout(
+        self.embedding_dropout = PhiloxDropout(
             self.dropout_p_embed, seed=None if seed is None else seed + 7)
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
                             dropout=self.dropout_p_hidden, seed=seed, name="gru")

@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from tf_gru4rec.layers.dropout import PhiloxDropout
+
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
 class BlockGlorotUniform(keras.initializers.Initializer):
@@ -65,7 +67,7 @@ class GRUStack(keras.layers.Layer):
         self.dropout = float(dropout)
         self.seed = seed
         self._dropout_layers = [
-            keras.layers.Dropout(dropout, seed=None if seed is None else seed + i)
+            PhiloxDropout(dropout, seed=None if seed is None else seed + i)
             for i in range(len(self.units))
         ]
 
