@@ -105,3 +105,14 @@ def test_dataset_resumes_mid_epoch(synthetic_log):
     rest = list(source.dataset().as_numpy_iterator())
     assert len(rest) == len(full) - 7
     np.testing.assert_array_equal(rest[0]["targets"], full[7]["targets"])
+
+
+def test_evaluation_steps_keep_slots_full_and_cover_every_event(synthetic_log):
+    from tf_gru4rec.session_parallel import evaluation_steps
+
+    log = synthetic_log[0]
+    steps = evaluation_steps(log)
+    assert steps.valid.sum() == log.n_predictions
+    assert steps.n_steps == log.lengths.max() - 1 or steps.valid.mean() > 0.9
+    assert 32 <= steps.inputs.shape[1] <= 512
+    assert evaluation_steps(log, batch_size=7).inputs.shape[1] == 7

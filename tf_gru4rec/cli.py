@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -65,6 +66,23 @@ def cmd_train(args) -> int:
     vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
     log = SessionLog.from_events(events, vocabulary)
     callbacks = []
+    if args.early_stopping is not None and not args.valid:
+        raise ValueError("--early-stopping monitors val_recall@20: give a --valid click log")
+    if args.valid:
+        from tf_gru4rec.callbacks import RankingValidation
+
+        valid_log = _test_log(args.valid, args, vocabulary)
+        callbacks.append(RankingValidation(valid_log, (20,), config.tie_mode,
+                                           batch_size=config.eval_batch_size))
+    if args.early_stopping is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_recall@20", mode="max", patience=args.early_stopping,
+            restore_best_weights=True, verbose=1))
+    if args.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                             "tensorboard (or tf-gru4rec[research])")
+        callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
     if args.backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
     if args.log_json:
@@ -159,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--backup-dir", help="checkpoint each epoch here; a rerun resumes from it")
     p.add_argument("--log-json", help="append one JSON line of training logs per epoch")
+    p.add_argument("--valid", help="validation click log: Recall@K / MRR@K after each epoch "
+                                   "(val_recall@20, ... in the logs, TensorBoard and --log-json)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard logs here (loss; validation metrics with --valid)")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop when val_recall@20 has not improved for PATIENCE epochs and "
+                        "keep the best epoch's weights (needs --valid)")
     p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
                    help="Keras verbosity: auto, 0 (silent), 1 (progress bar), 2 (one line)")
     _add_read_options(p)
@@ -169,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True)
     p.add_argument("--cutoffs", type=int, nargs="+")
     p.add_argument("--tie-mode", choices=["standard", "conservative", "median"])
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="session-parallel slots per step (default: sized to keep them full)")
     _add_read_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -198,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_serving"]
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_serving",
+                                   "tf_gru4rec.cli_research"]
 
 
 def main(argv=None) -> int:

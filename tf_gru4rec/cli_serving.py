@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--tie-mode", default="conservative",
                    choices=["standard", "conservative", "median"])
-    p.add_argument("--batch-size", type=int, default=512,
+    p.add_argument("--batch-size", type=int, default=None,
                    help="session-parallel slots per request (as `evaluate --batch-size`)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     _add_read_options(p)

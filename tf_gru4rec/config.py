@@ -35,7 +35,7 @@ class TrainConfig:
     jit_compile: bool = True
     steps_per_execution: int = 50
     seed: int = 0
-    eval_batch_size: int = 512
+    eval_batch_size: int = 0  # 0: sized to keep the slots full (evaluation_steps)
     cutoffs: list = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
     tie_mode: str = "conservative"
 

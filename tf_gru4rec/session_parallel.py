@@ -89,3 +89,19 @@ def session_parallel_steps(
     valid[t, b] = True
     reset[start_step, slot_of] = True
     return StepArrays(inputs, targets, reset, valid)
+
+
+def evaluation_steps(log: SessionLog, batch_size: int | None = None) -> StepArrays:
+    """Steps for evaluation: longest sessions first, so slots stay full until the end.
+
+    Each test session starts from a zero state, so the order does not change the metrics; it
+    only decides how many steps run half empty. With `batch_size=None` the batch is sized so
+    that the longest session sets the number of steps: clip(predictions / longest, 32, 512).
+    Offline evaluation and the serving replay share this layout.
+    """
+    lengths = log.lengths
+    order = np.argsort(-lengths, kind="stable")
+    if not batch_size:
+        longest = max(int(lengths.max()) - 1, 1) if log.n_sessions else 1
+        batch_size = int(np.clip(-(-log.n_predictions // longest), 32, 512))
+    return session_parallel_steps(log, batch_size, order)

@@ -45,7 +45,7 @@ _END_EVERY = 256  # end finished sessions in requests of about this many ids
 
 
 def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
-           tie_mode: str = "conservative", batch_size: int = 512, timeout: float = 30.0,
+           tie_mode: str = "conservative", batch_size: int | None = None, timeout: float = 30.0,
            read_options: dict | None = None) -> dict:
     """Recall@K and MRR@K of the served model over the test log, computed through the server.
 
@@ -55,8 +55,9 @@ def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
         frame with columns SessionId, ItemId, Time.
       model_name: served model name.
       cutoffs, tie_mode: as for `evaluate`.
-      batch_size: session-parallel slots per request; use `evaluate`'s batch size (512 by
-        default in both) for bit-identical results.
+      batch_size: session-parallel slots per request; leave it to the default or use
+        `evaluate`'s batch size for bit-identical results (both lay out the steps with
+        `evaluation_steps`).
       timeout: deadline of each request in seconds.
 
     Returns {"recall@K": ..., "mrr@K": ..., "test_events": n, "replay_seconds": s,
@@ -64,7 +65,7 @@ def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
     """
     check_tie_mode(tie_mode)
     cutoffs = tuple(int(k) for k in cutoffs)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"`batch_size` should be a positive integer. Received: {batch_size}")
     own_client = not isinstance(target, PredictionClient)
     client = PredictionClient(target, model_name, timeout=timeout) if own_client else target
@@ -88,7 +89,7 @@ def known_items(client: PredictionClient, raw_items: np.ndarray, chunk: int = 40
 
 
 def _replay(client, events: pd.DataFrame, cutoffs, tie_mode, batch_size) -> dict:
-    from tf_gru4rec.session_parallel import session_parallel_steps
+    from tf_gru4rec.session_parallel import evaluation_steps
 
     start = time.perf_counter()
     unique = pd.unique(events[ITEM].to_numpy())
@@ -99,7 +100,8 @@ def _replay(client, events: pd.DataFrame, cutoffs, tie_mode, batch_size) -> dict
     events = drop_short_sessions(events[keep], 2)
     vocabulary = ItemVocabulary.from_events(events[ITEM].to_numpy())
     log = SessionLog.from_events(events, vocabulary)
-    steps = session_parallel_steps(log, batch_size)
+    steps = evaluation_steps(log, batch_size)
+    batch_size = steps.inputs.shape[1]
     item_strings = np.asarray(vocabulary.as_strings(), dtype=object)
 
     run = uuid.uuid4().hex[:12]
