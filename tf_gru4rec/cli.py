@@ -63,8 +63,20 @@ def cmd_train(args) -> int:
     config = config.with_overrides(overrides)
     logger.info("config: %s", config.to_dict())
     events = _read(args.train, args)
-    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-    log = SessionLog.from_events(events, vocabulary)
+    model = None
+    if args.warm_start:
+        from tf_gru4rec.training import compile_model, load_model_dir
+        from tf_gru4rec.warm_start import grow_model
+
+        previous = load_model_dir(args.warm_start)
+        vocabulary = previous.vocabulary.extend(events["ItemId"].to_numpy())
+        log = SessionLog.from_events(events, vocabulary)
+        model = grow_model(previous.model, previous.vocabulary, vocabulary)
+        model.set_item_support(log.item_support())
+        compile_model(model, config)
+    else:
+        vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
+        log = SessionLog.from_events(events, vocabulary)
     callbacks = []
     if args.early_stopping is not None and not args.valid:
         raise ValueError("--early-stopping monitors val_recall@20: give a --valid click log")
@@ -87,7 +99,7 @@ def cmd_train(args) -> int:
         callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
     if args.log_json:
         callbacks.append(_JsonLines(args.log_json))
-    result = train(config, log, callbacks=callbacks, verbose=args.verbose)
+    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model)
     save_model_dir(args.out, result.model, vocabulary, config)
     metrics = {
         "train_seconds": result.train_seconds,
@@ -175,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set loss=bpr-max --set layers=100/100")
     p.add_argument("--seed", type=int)
+    p.add_argument("--warm-start", metavar="MODEL_DIR",
+                   help="continue from a trained model; new items are appended to its vocabulary")
     p.add_argument("--backup-dir", help="checkpoint each epoch here; a rerun resumes from it")
     p.add_argument("--log-json", help="append one JSON line of training logs per epoch")
     p.add_argument("--valid", help="validation click log: Recall@K / MRR@K after each epoch "

@@ -50,6 +50,11 @@ def build_model(config: TrainConfig, n_items: int, item_support=None) -> GRU4Rec
     model.build()
     if item_support is not None:
         model.set_item_support(item_support)
+    return compile_model(model, config)
+
+
+def compile_model(model: GRU4Rec, config: TrainConfig) -> GRU4Rec:
+    """Compile with the config's optimizer, XLA and steps per execution."""
     model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
     return model

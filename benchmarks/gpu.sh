@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU benchmark: one prepared script for a lent GPU machine (finishes in well under 8 minutes).
+# Installs what it needs, checks the GPU is seen, then measures training events/s (XLA, with and
+# without mixed precision) and single-step serving latency, and prints a short table.
+#   bash benchmarks/gpu.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-benchmarks/results}}
+mkdir -p "$OUT"
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+python3 -m pip install -q "tensorflow[and-cuda]==2.21.0" "keras==3.15.1" pandas pyarrow grpcio \
+  "tensorflow-serving-api==2.21.0" 2>&1 | tail -2 || true
+python3 - <<'PY'
+import tensorflow as tf
+gpus = tf.config.list_physical_devices("GPU")
+print("GPUs:", gpus)
+assert gpus, "no GPU visible to TensorFlow"
+PY
+# Training: rsc15-xe settings on synthetic logs (10k and 1M items), 2 epochs of 1,500 steps.
+timeout 300 python3 benchmarks/run.py --repeats 1 --epochs 2 --synthetic-items 10000 1000000 \
+  --synthetic-steps 1500 --data /nonexistent --out "$OUT/gpu_speed.json"
+# Serving latency at batch 1 (in-process SavedModel and gRPC dev server), 50k items.
+timeout 200 python3 benchmarks/serving_latency.py --seconds 5 --throughput-seconds 5 \
+  --out "$OUT/gpu_serving_latency.json" || true
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true

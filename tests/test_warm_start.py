@@ -1,0 +1,46 @@
+"""Warm-started retraining with new items appended to the vocabulary."""
+
+import numpy as np
+import pytest
+
+from tf_gru4rec.cli import main
+from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.data.vocabulary import ItemVocabulary
+from tf_gru4rec.training import build_model, load_model_dir
+from tf_gru4rec.warm_start import grow_model
+
+CONFIG = TrainConfig(layers=[8], batch_size=4, n_sample=5, n_epochs=1, seed=2)
+
+
+@pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False},
+                                  {"constrained_embedding": False, "embedding": 6}])
+def test_grown_model_scores_old_items_as_before(mode, rng):
+    old_vocab = ItemVocabulary([10, 20, 30, 40])
+    model = build_model(CONFIG.replace(**mode), 4, np.array([3, 1, 4, 1]))
+    model.item_scores.item_bias.assign(rng.normal(size=4).astype("float32"))
+    new_vocab = old_vocab.extend([50, 20, 60])
+    grown = grow_model(model, old_vocab, new_vocab)
+    assert grown.n_items == 6
+    ids = np.array([0, 3, 1], "int32")
+    np.testing.assert_allclose(grown(ids).numpy()[:, :4], model(ids).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(grown.item_scores.item_bias.numpy()[4:], 0.0)
+    with pytest.raises(ValueError, match="extend"):
+        grow_model(model, old_vocab, ItemVocabulary([20, 10, 30, 40, 50]))
+
+
+def test_cli_warm_start_appends_new_items(tmp_path):
+    first = tmp_path / "first.tsv"
+    second = tmp_path / "second.tsv"
+    first.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{i}\t{s * 10 + k}\n" for s in range(40) for k, i in enumerate((1, 2, 3))))
+    second.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{i}\t{s * 10 + k}\n" for s in range(40) for k, i in enumerate((3, 4, 5))))
+    tiny = ["--set", "layers=8", "--set", "batch_size=4", "--set", "n_sample=3", "--set",
+            "n_epochs=1", "--verbose", "0"]
+    assert main(["-v", "WARNING", "train", "--train", str(first), "--out",
+                 str(tmp_path / "m1"), *tiny]) == 0
+    assert main(["-v", "WARNING", "train", "--train", str(second), "--out",
+                 str(tmp_path / "m2"), "--warm-start", str(tmp_path / "m1"), *tiny]) == 0
+    grown = load_model_dir(str(tmp_path / "m2"))
+    np.testing.assert_array_equal(grown.vocabulary.raw_ids, [1, 2, 3, 4, 5])
+    assert grown.model.n_items == 5
