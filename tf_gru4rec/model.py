@@ -78,6 +78,8 @@ class GRU4Rec(keras.Model):
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
                             dropout=self.dropout_p_hidden, seed=seed, name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Set by `training.compile_model` for large catalogues (see `train_step`).
+        self.xla_gradients_only = False
 
     # ----------------------------------------------------------------- building blocks
     def build(self, input_shape=None):
@@ -163,9 +165,8 @@ class GRU4Rec(keras.Model):
             return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)
         return self.loss_fn(positive, scores, mask)
 
-    def train_step(self, data):
-        if isinstance(data, tuple):
-            data = data[0]
+    def forward_backward(self, data):
+        """One training step's gradients: (grads, per-event loss [B], valid [B], new states)."""
         keep = 1.0 - ops.cast(data["reset"], "float32")[:, None]
         states = [ops.convert_to_tensor(s) * keep for s in self.train_states]
         valid = ops.cast(data["valid"], "float32")
@@ -176,6 +177,20 @@ class GRU4Rec(keras.Model):
             # The original sums over the batch and divides by the batch size.
             loss = ops.sum(per_event) / float(self.batch_size)
         grads = tape.gradient(loss, self.trainable_variables)
+        return grads, per_event, valid, new_states
+
+    def train_step(self, data):
+        if isinstance(data, tuple):
+            data = data[0]
+        if self.xla_gradients_only:
+            # Large item tables: XLA would copy whole tables around the row updates, so only
+            # the gradient computation is compiled; the optimizer updates rows in place.
+            if getattr(self, "_xla_forward_backward", None) is None:
+                self._xla_forward_backward = tf.function(self.forward_backward,
+                                                         jit_compile=True)
+            grads, per_event, valid, new_states = self._xla_forward_backward(data)
+        else:
+            grads, per_event, valid, new_states = self.forward_backward(data)
         self.optimizer.apply(grads, self.trainable_variables)
         for variable, value in zip(self.train_states, new_states, strict=True):
             variable.assign(value)
