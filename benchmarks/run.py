@@ -79,9 +79,10 @@ def _child_train(spec: dict) -> dict:
                                           vocabulary)
     keras.utils.set_random_seed(0)
     source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
-                                  sample_alpha=config.sample_alpha)
+                                  sample_alpha=config.sample_alpha,
+                                  steps_per_block=config.steps_per_execution)
     model = build_model(config, log.n_items, log.item_support())
-    dataset = source.dataset()
+    dataset = source.dataset(blocks=True)
     epoch_seconds = []
 
     class Timer(keras.callbacks.Callback):
@@ -92,8 +93,10 @@ def _child_train(spec: dict) -> dict:
             epoch_seconds.append(time.perf_counter() - self.start)
 
     steps = spec.get("steps")
-    if steps:  # a fixed number of steps per epoch (large synthetic logs)
-        dataset = dataset.take(steps)
+    if steps:  # a fixed number of steps per epoch (large synthetic logs), whole blocks
+        n_blocks = max(1, steps // config.steps_per_execution)
+        steps = n_blocks * config.steps_per_execution
+        dataset = dataset.take(n_blocks)
     model.fit(dataset, epochs=spec["epochs"], verbose=0, shuffle=False,
               callbacks=[source.callback(), Timer()])
     events_per_epoch = (source.steps(0).valid[:steps].sum() if steps else log.n_predictions)
@@ -208,6 +211,8 @@ def main() -> None:
         "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
     parser.add_argument("--original", help="checkout of GRU4Rec_PyTorch_Official (optional)")
     parser.add_argument("--original-python", default="python3")
+    parser.add_argument("--presets", nargs="*", default=["rsc15-xe", "paper2016-xe"],
+                        help="presets measured on the RSC15 sample (default: both)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--synthetic-items", type=int, nargs="*",
@@ -226,14 +231,18 @@ def main() -> None:
     ceiling = rate["matmul_gflops"] * 1e9
 
     def measure(name, spec, original_preset=None):
-        runs = [run_child({"kind": "train", **spec}) for _ in range(args.repeats)]
+        # Ours and the original alternate, so that a slow spell of the machine hits both.
+        with_original = bool(original_preset and args.original)
+        runs, originals = [], []
+        for _ in range(args.repeats):
+            runs.append(run_child({"kind": "train", **spec}))
+            if with_original:
+                originals.append(run_original(args.original, args.original_python, args.data,
+                                              original_preset, args.epochs))
         record = {"name": name, "runs": runs, **_medians(runs)}
         record["fraction_of_matmul_ceiling"] = (
             record["train_events_per_second"] * record["flops_per_event"] / ceiling)
-        if original_preset and args.original:
-            originals = [run_original(args.original, args.original_python, args.data,
-                                      original_preset, args.epochs)
-                         for _ in range(args.repeats)]
+        if with_original:
             record["original"] = {"runs": originals, **_medians(originals)}
             record["speedup_vs_original"] = (record["train_events_per_second"]
                                              / record["original"]["train_events_per_second"])
@@ -242,7 +251,7 @@ def main() -> None:
               flush=True)
 
     if os.path.exists(os.path.join(args.data, TRAIN_FILE)):
-        for preset in ("rsc15-xe", "paper2016-xe"):
+        for preset in args.presets:
             measure(f"{preset} rsc15_100k", {"preset": preset, "data": args.data,
                                              "epochs": args.epochs}, preset)
     for n_items in args.synthetic_items:

@@ -10,7 +10,13 @@ from tf_gru4rec.evaluation import evaluate, naive_ranks
 from tf_gru4rec.input_pipeline import SessionParallelInput
 from tf_gru4rec.metrics import target_ranks
 from tf_gru4rec.model import GRU4Rec
-from tf_gru4rec.training import build_model, load_model_dir, save_model_dir, train
+from tf_gru4rec.training import (
+    build_model,
+    load_model_dir,
+    make_optimizer,
+    save_model_dir,
+    train,
+)
 
 SMALL = TrainConfig(layers=[16], batch_size=8, n_sample=10, learning_rate=0.1, momentum=0.1,
                     n_epochs=1, steps_per_execution=5, seed=1)
@@ -172,3 +178,29 @@ def test_bad_arguments_are_named():
     model = build_model(SMALL, 10)
     with pytest.raises(ValueError, match=r"shape \(10,\)"):
         model.set_item_support(np.ones(3))
+
+
+@pytest.mark.parametrize("step_compilation", [None, "full", "gradients"])
+def test_blocks_of_steps_train_exactly_like_single_steps(synthetic_log, step_compilation):
+    log = synthetic_log[0]
+    config = SMALL.replace(dropout_p_hidden=0.3)
+    trained = []
+    for blocks in (False, True):
+        model = build_model(config, log.n_items, log.item_support())
+        model.compile(optimizer=make_optimizer(config), step_compilation=step_compilation)
+        source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                      steps_per_block=7)
+        dataset = source.dataset(blocks=blocks)
+        model.fit(dataset.take(5 if blocks else 35), epochs=1, verbose=0, shuffle=False,
+                  callbacks=[source.callback()])
+        trained.append(model)
+    for a, b in zip(trained[0].weights, trained[1].weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    assert not np.allclose(trained[0].item_scores.item_weights.numpy(),
+                           build_model(config, log.n_items).item_scores.item_weights.numpy())
+
+
+def test_compile_rejects_an_unknown_step_compilation():
+    model = build_model(SMALL, 10)
+    with pytest.raises(ValueError, match="step_compilation"):
+        model.compile(optimizer="adam", step_compilation="xla")

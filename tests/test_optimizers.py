@@ -35,11 +35,15 @@ def test_coalesce_rows_sums_duplicates():
 
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("dense_row_factor", [0.0, 100.0])  # row-sparse / masked-dense path
-def test_sparse_and_dense_updates_match_reference(momentum, jit, dense_row_factor, rng):
+@pytest.mark.parametrize("path", ["row-sparse", "masked-dense", "unique-rows"])
+def test_sparse_and_dense_updates_match_reference(momentum, jit, path, rng):
+    if path == "unique-rows" and jit:
+        pytest.skip("the unique-rows path has dynamic shapes: not for XLA")
     table = keras.Variable(rng.normal(size=(8, 3)).astype("float32"))
     dense = keras.Variable(rng.normal(size=(2, 3)).astype("float32"))
-    opt = AdagradM(learning_rate=0.1, momentum=momentum, dense_row_factor=dense_row_factor)
+    opt = AdagradM(learning_rate=0.1, momentum=momentum,
+                   dense_row_factor=100.0 if path == "masked-dense" else 0.0,
+                   static_shapes=path != "unique-rows")
     opt.build([table, dense])
     ref_t, ref_d = table.numpy().astype(np.float64), dense.numpy().astype(np.float64)
     acc_t, acc_d = np.zeros_like(ref_t), np.zeros_like(ref_d)

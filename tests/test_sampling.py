@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_gru4rec.sampling import NegativeSampler, sampling_probabilities
+from tf_gru4rec.sampling import NegativeSampler, alias_table, sampling_probabilities
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
@@ -42,3 +42,29 @@ def test_rejects_bad_arguments():
         sampling_probabilities(np.array([-1, 2]), 0.5)
     with pytest.raises(ValueError, match="n_sample"):
         NegativeSampler(np.array([1, 2]), 0.5, n_sample=-1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_alias_table_encodes_the_probabilities_exactly(rng, alpha):
+    support = rng.integers(0, 50, size=40)
+    support[[3, 17]] = 0
+    p = sampling_probabilities(support, alpha)
+    accept, alias = alias_table(p)
+    n = len(p)
+    # NumPy reference: the probability of j = (accept[j] + sum over slots aliased to j) / n.
+    encoded = accept.copy()
+    np.add.at(encoded, alias, 1.0 - accept)
+    np.testing.assert_allclose(encoded / n, p, atol=1e-12)
+    assert accept[3] == 0 and accept[17] == 0 and not np.isin([3, 17], alias[accept < 1]).any()
+
+
+def test_blocks_dataset_has_the_same_steps_and_samples_as_the_steps_dataset(synthetic_log):
+    from tf_gru4rec.input_pipeline import SessionParallelInput
+
+    source = SessionParallelInput(synthetic_log[0], 8, n_sample=5, seed=3, steps_per_block=7)
+    steps = list(source.dataset().as_numpy_iterator())
+    blocks = list(source.dataset(blocks=True).as_numpy_iterator())
+    assert [len(b["inputs"]) for b in blocks[:-1]] == [7] * (len(blocks) - 1)
+    for key in ("inputs", "targets", "reset", "valid", "negatives"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in blocks]),
+                                      np.stack([s[key] for s in steps]))

@@ -32,8 +32,8 @@ class TrainConfig:
     n_epochs: int = 10
     optimizer: str = "adagradm"  # or any Keras optimizer name, e.g. "adam"
     shuffle_sessions: bool = False
-    jit_compile: bool = True
-    steps_per_execution: int = 50
+    jit_compile: bool = True  # XLA for the one-step update (see training.compile_model)
+    steps_per_execution: int = 50  # steps per block, run in one TensorFlow call
     seed: int = 0
     eval_batch_size: int = 0  # 0: sized to keep the slots full (evaluation_steps)
     cutoffs: list = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])

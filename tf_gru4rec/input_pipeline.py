@@ -2,7 +2,11 @@
 
 Each element is one training step, a dict of
   inputs int32 [B], targets int32 [B], reset bool [B], valid bool [B], negatives int32 [S]
-(negatives only when `n_sample > 0`). Iterating the dataset once gives one epoch; the epoch
+(negatives only when `n_sample > 0`), or with `dataset(blocks=True)` a block of up to
+`steps_per_block` consecutive steps (the same entries with a leading [K] axis), which
+`GRU4Rec.train_step` runs in one call: one element per block instead of per step removes most of
+the per-step cost of the input pipeline. Both give the same steps and the same negative
+samples. Iterating the dataset once gives one epoch; the epoch
 number (which decides the session order when shuffling and the negative samples) is set by
 `EpochSync`, a callback that `fit` calls at each epoch start, so a run resumed at epoch k sees
 the same data as an uninterrupted one.
@@ -31,10 +35,15 @@ class SessionParallelInput:
       sample_alpha: samples are drawn proportional to support ** sample_alpha.
       shuffle_sessions: shuffle the session order each epoch (default: start-time order).
       seed: seeds the session shuffle and the negative samples.
+      steps_per_block: steps per block: negatives are drawn for a whole block at once, and
+        `dataset(blocks=True)` yields blocks of this many steps (the last one may be shorter).
     """
 
     def __init__(self, log: SessionLog, batch_size: int, n_sample: int = 0,
-                 sample_alpha: float = 0.5, shuffle_sessions: bool = False, seed: int = 0):
+                 sample_alpha: float = 0.5, shuffle_sessions: bool = False, seed: int = 0,
+                 steps_per_block: int = 1024):
+        if steps_per_block < 1:
+            raise ValueError(f"`steps_per_block` should be >= 1. Received: {steps_per_block}")
         self.log = log
         self.batch_size = int(batch_size)
         self.n_sample = int(n_sample)
@@ -42,8 +51,10 @@ class SessionParallelInput:
         self.seed = int(seed)
         self.epoch = 0
         self.skip_steps = 0
+        self.steps_per_block = int(steps_per_block)
         self.sampler = (
-            NegativeSampler(log.item_support(), sample_alpha, n_sample, seed=seed)
+            NegativeSampler(log.item_support(), sample_alpha, n_sample, seed=seed,
+                            steps_per_block=self.steps_per_block)
             if n_sample > 0 else None
         )
 
@@ -63,8 +74,11 @@ class SessionParallelInput:
         return (arrays.inputs[skip:], arrays.targets[skip:], arrays.reset[skip:],
                 arrays.valid[skip:], np.int64(self.epoch), np.int64(skip))
 
-    def dataset(self) -> tf.data.Dataset:
-        """A re-iterable dataset; each iteration is the epoch `self.epoch`."""
+    def dataset(self, blocks: bool = False) -> tf.data.Dataset:
+        """A re-iterable dataset; each iteration is the epoch `self.epoch`.
+
+        blocks: yield blocks of `steps_per_block` steps ([K, ...] entries) instead of steps.
+        """
         batch = self.batch_size
 
         def make_epoch(_):
@@ -80,25 +94,28 @@ class SessionParallelInput:
             steps = tf.data.Dataset.from_tensor_slices({
                 "inputs": inputs, "targets": targets, "reset": reset, "valid": valid,
                 "epoch": tf.fill([n_steps], epoch), "step": tf.range(skip, skip + n_steps)})
+            # Blocks of steps_per_block steps share one vectorised draw (the sample cache).
+            steps = steps.batch(self.steps_per_block)
             if self.sampler is not None:
-                # Blocks of steps_per_block steps share one vectorised draw (the sample cache).
-                steps = self.sampler.add_to(steps)
-            return steps.map(lambda s: {k: v for k, v in s.items() if k not in ("epoch", "step")})
+                steps = steps.map(self.sampler.add_to_block)
+            steps = steps.map(lambda s: {k: v for k, v in s.items() if k not in ("epoch", "step")})
+            return steps if blocks else steps.unbatch()
 
         options = tf.data.Options()
         options.deterministic = True
         return (tf.data.Dataset.from_tensors(0).flat_map(make_epoch)
                 .prefetch(tf.data.AUTOTUNE).with_options(options))
 
-    def element_spec(self) -> dict:
+    def element_spec(self, blocks: bool = False) -> dict:
+        lead = [None] if blocks else []
         spec = {
-            "inputs": tf.TensorSpec([self.batch_size], tf.int32),
-            "targets": tf.TensorSpec([self.batch_size], tf.int32),
-            "reset": tf.TensorSpec([self.batch_size], tf.bool),
-            "valid": tf.TensorSpec([self.batch_size], tf.bool),
+            "inputs": tf.TensorSpec(lead + [self.batch_size], tf.int32),
+            "targets": tf.TensorSpec(lead + [self.batch_size], tf.int32),
+            "reset": tf.TensorSpec(lead + [self.batch_size], tf.bool),
+            "valid": tf.TensorSpec(lead + [self.batch_size], tf.bool),
         }
         if self.sampler is not None:
-            spec["negatives"] = tf.TensorSpec([self.n_sample], tf.int32)
+            spec["negatives"] = tf.TensorSpec(lead + [self.n_sample], tf.int32)
         return spec
 
     def callback(self) -> keras.callbacks.Callback:

@@ -78,8 +78,8 @@ class GRU4Rec(keras.Model):
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
                             dropout=self.dropout_p_hidden, seed=seed, name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        # Set by `training.compile_model` for large catalogues (see `train_step`).
-        self.xla_gradients_only = False
+        # "full", "gradients" or None: see `compile` and `_compiled_train_step`.
+        self.step_compilation = None
 
     # ----------------------------------------------------------------- building blocks
     def build(self, input_shape=None):
@@ -179,23 +179,61 @@ class GRU4Rec(keras.Model):
         grads = tape.gradient(loss, self.trainable_variables)
         return grads, per_event, valid, new_states
 
+    def compile(self, optimizer="adagrad", step_compilation="full", **kwargs):
+        """Keras `compile`, plus `step_compilation`: how the one-step update is compiled
+        ("full": XLA; "gradients": only the gradients with XLA, for large item tables; None).
+
+        Keras' own `jit_compile` defaults to False here: the step compiles itself, and a
+        block of steps (`SessionParallelInput.dataset(blocks=True)`) runs in one call.
+        """
+        if step_compilation not in ("full", "gradients", None):
+            raise ValueError("`step_compilation` should be 'full', 'gradients' or None. "
+                             f"Received: {step_compilation!r}")
+        self.step_compilation = step_compilation
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+
     def train_step(self, data):
+        """One step (entries [B]) or a block of K steps (entries [K, B], from
+        `SessionParallelInput.dataset(blocks=True)`), run one after another in this call."""
         if isinstance(data, tuple):
             data = data[0]
-        if self.xla_gradients_only:
-            # Large item tables: XLA would copy whole tables around the row updates, so only
-            # the gradient computation is compiled; the optimizer updates rows in place.
-            if getattr(self, "_xla_forward_backward", None) is None:
-                self._xla_forward_backward = tf.function(self.forward_backward,
-                                                         jit_compile=True)
-            grads, per_event, valid, new_states = self._xla_forward_backward(data)
+        step = self._compiled_train_step()
+        if data["inputs"].shape.rank == 1:
+            step(data)
         else:
-            grads, per_event, valid, new_states = self.forward_backward(data)
+            n_steps = tf.shape(data["inputs"])[0]
+
+            def body(i):
+                step({key: value[i] for key, value in data.items()})
+                return (i + 1,)
+
+            tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),),
+                          parallel_iterations=1)
+        return {"loss": self.loss_tracker.result()}
+
+    def _compiled_train_step(self):
+        """The one-step update as a `tf.function`, compiled as `step_compilation` says:
+        "full" (XLA), "gradients" (only the gradients with XLA: large item tables, where
+        XLA would copy whole tables around the row updates) or None."""
+        mode = getattr(self, "step_compilation", None)
+        if getattr(self, "_train_step_fn", None) is None or self._train_step_mode != mode:
+            if mode == "gradients":
+                gradients = tf.function(self.forward_backward, jit_compile=True)
+                self._train_step_fn = tf.function(
+                    lambda data: self._update(*gradients(data)))
+            else:
+                self._train_step_fn = tf.function(
+                    lambda data: self._update(*self.forward_backward(data)),
+                    jit_compile=mode == "full")
+            self._train_step_mode = mode
+        return self._train_step_fn
+
+    def _update(self, grads, per_event, valid, new_states):
         self.optimizer.apply(grads, self.trainable_variables)
         for variable, value in zip(self.train_states, new_states, strict=True):
             variable.assign(value)
         self.loss_tracker.update_state(per_event, sample_weight=valid)
-        return {"loss": self.loss_tracker.result()}
 
     @property
     def metrics(self):

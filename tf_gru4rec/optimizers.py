@@ -53,7 +53,7 @@ class AdagradM(keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=0.05, momentum=0.0, epsilon=1e-6, dense_row_factor=4.0,
-                 name="adagradm", **kwargs):
+                 static_shapes=True, name="adagradm", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"`momentum` should be in [0, 1). Received: {momentum}")
@@ -62,6 +62,7 @@ class AdagradM(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.dense_row_factor = float(dense_row_factor)
+        self.static_shapes = bool(static_shapes)
 
     def build(self, var_list):
         if self.built:
@@ -78,7 +79,9 @@ class AdagradM(keras.optimizers.Optimizer):
         acc = self._accumulators[i]
         mom = self._momentums[i] if self.momentum > 0 else None
         lr = tf.cast(learning_rate, variable.dtype)
-        if isinstance(gradient, tf.IndexedSlices):
+        if isinstance(gradient, tf.IndexedSlices) and not self.static_shapes:
+            self._unique_rows_update(gradient, variable, acc, mom, lr)
+        elif isinstance(gradient, tf.IndexedSlices):
             n_rows, n_touched = variable.shape[0], gradient.indices.shape[0]
             if n_touched is not None and n_rows <= self.dense_row_factor * n_touched:
                 self._masked_dense_update(gradient, variable, acc, mom, lr)
@@ -122,8 +125,22 @@ class AdagradM(keras.optimizers.Optimizer):
             step = new
         self.assign_add(variable, tf.IndexedSlices(step * keep, idx))
 
+    def _unique_rows_update(self, gradient, variable, acc, mom, lr):
+        """Row update with `tf.unique` (dynamic shapes: not for XLA): only the distinct
+        touched rows are read, computed and written."""
+        idx, segment = tf.unique(tf.cast(gradient.indices, tf.int32))
+        grad = tf.math.unsorted_segment_sum(gradient.values, segment, tf.shape(idx)[0])
+        acc_rows = tf.gather(acc.value, idx) + tf.square(grad)
+        self.assign(acc, tf.IndexedSlices(acc_rows, idx))
+        step = -lr * grad * tf.math.rsqrt(acc_rows + self.epsilon)
+        if mom is not None:
+            step = self.momentum * tf.gather(mom.value, idx) + step
+            self.assign(mom, tf.IndexedSlices(step, idx))
+        self.assign_add(variable, tf.IndexedSlices(step, idx))
+
     def get_config(self):
         config = super().get_config()
         config.update({"momentum": self.momentum, "epsilon": self.epsilon,
-                       "dense_row_factor": self.dense_row_factor})
+                       "dense_row_factor": self.dense_row_factor,
+                       "static_shapes": self.static_shapes})
         return config

@@ -27,10 +27,36 @@ def sampling_probabilities(support: np.ndarray, alpha: float) -> np.ndarray:
     return weights / total
 
 
+def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table of a distribution over n outcomes (Vose's construction).
+
+    Returns (accept float64 [n], alias int64 [n]): draw a slot i uniformly, keep i with
+    probability accept[i], else take alias[i]. Then P(j) = (accept[j] + sum of
+    (1 - accept[i]) over the slots i with alias[i] = j) / n, which equals `probabilities`.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    n = len(p)
+    scaled = p * (n / p.sum())
+    accept = np.ones(n)
+    alias = np.arange(n)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        accept[s], alias[s] = scaled[s], g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    # Whatever is left has scaled == 1 up to rounding: always kept. A zero-probability slot is
+    # always in `small` with accept 0, so it is never kept itself.
+    return accept, alias
+
+
 class NegativeSampler:
     """Draws blocks of `n_sample` negatives per step from a fixed distribution.
 
-    Draws are a pure function of (seed, epoch, block), so a resumed run sees the same samples.
+    Each draw costs O(1) (an alias table, `alias_table`): one uniform number picks a slot
+    (integer part) and decides between the slot and its alias (fractional part). Draws are a
+    pure function of (seed, epoch, block), so a resumed run sees the same samples.
     """
 
     def __init__(self, support: np.ndarray, alpha: float, n_sample: int, seed: int = 0,
@@ -42,27 +68,26 @@ class NegativeSampler:
         self.seed = int(seed)
         self.steps_per_block = int(steps_per_block)
         self.probabilities = sampling_probabilities(support, alpha)
-        cdf = np.cumsum(self.probabilities)
-        cdf /= cdf[-1]
-        self._cdf = tf.constant(cdf, dtype=tf.float64)
-        self._n_items = len(cdf)
+        accept, alias = alias_table(self.probabilities)
+        self._accept = tf.constant(accept, dtype=tf.float64)
+        self._alias = tf.constant(alias, dtype=tf.int32)
+        self._n_items = len(accept)
 
     def draw_block(self, epoch: tf.Tensor, block: tf.Tensor, n_steps) -> tf.Tensor:
         """int32 [n_steps, n_sample] samples of block `block` of epoch `epoch` (in-graph)."""
         key = tf.stack([tf.cast(self.seed, tf.int64),
                         tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(block, tf.int64)])
         u = tf.random.stateless_uniform([n_steps * self.n_sample], seed=key, dtype=tf.float64)
-        idx = tf.minimum(tf.searchsorted(self._cdf, u, side="right"), self._n_items - 1)
-        return tf.reshape(tf.cast(idx, tf.int32), [n_steps, self.n_sample])
+        u = u * self._n_items
+        slot = tf.minimum(tf.cast(u, tf.int32), self._n_items - 1)
+        keep = (u - tf.cast(slot, tf.float64)) < tf.gather(self._accept, slot)
+        idx = tf.where(keep, slot, tf.gather(self._alias, slot))
+        return tf.reshape(idx, [n_steps, self.n_sample])
 
-    def add_to(self, steps: tf.data.Dataset) -> tf.data.Dataset:
-        """Adds `negatives` int32 [n_sample] to each element of a dataset of step dicts that
-        carry scalar `epoch` and `step` entries; draws `steps_per_block` steps at a time."""
-
-        def draw(block):
-            n_steps = tf.shape(block["step"])[0]
-            first = block["step"][0]
-            block["negatives"] = self.draw_block(block["epoch"][0], first, n_steps)
-            return block
-
-        return steps.batch(self.steps_per_block).map(draw).unbatch()
+    def add_to_block(self, block: dict) -> dict:
+        """Adds `negatives` int32 [K, n_sample] to a block of K steps (a dict whose `epoch` and
+        `step` entries are [K]); the draw is keyed by the epoch and the block's first step."""
+        n_steps = tf.shape(block["step"])[0]
+        block = dict(block)
+        block["negatives"] = self.draw_block(block["epoch"][0], block["step"][0], n_steps)
+        return block

@@ -59,15 +59,15 @@ XLA_TABLE_LIMIT = 2_000_000
 
 
 def compile_model(model: GRU4Rec, config: TrainConfig) -> GRU4Rec:
-    """Compile with the config's optimizer, XLA and steps per execution.
+    """Compile with the config's optimizer and XLA.
 
-    With `jit_compile` and a large catalogue, only the gradient computation is compiled.
+    XLA compiles the model's one-step update (`GRU4Rec.train_step` loops over blocks of steps
+    itself); with a large catalogue only the gradient computation is compiled.
     """
     large = model.n_items * model.layer_sizes[-1] > XLA_TABLE_LIMIT
-    model.xla_gradients_only = bool(config.jit_compile and large)
     model.compile(optimizer=make_optimizer(config),
-                  jit_compile=config.jit_compile and not large,
-                  steps_per_execution=config.steps_per_execution)
+                  step_compilation=("gradients" if large else "full") if config.jit_compile
+                  else None)
     return model
 
 
@@ -93,7 +93,8 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
     keras.utils.set_random_seed(config.seed)
     source = SessionParallelInput(
         log, config.batch_size, n_sample=config.n_sample, sample_alpha=config.sample_alpha,
-        shuffle_sessions=config.shuffle_sessions, seed=config.seed)
+        shuffle_sessions=config.shuffle_sessions, seed=config.seed,
+        steps_per_block=config.steps_per_execution)
     if model is None:
         model = build_model(config, log.n_items, log.item_support())
     logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
@@ -102,7 +103,7 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
     with warnings.catch_warnings():
         # The epoch length is unknown to Keras until the first epoch ends: not an error.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(source.dataset(), epochs=config.n_epochs, shuffle=False,
+        history = model.fit(source.dataset(blocks=True), epochs=config.n_epochs, shuffle=False,
                             callbacks=[source.callback(), *callbacks], verbose=verbose)
     seconds = time.perf_counter() - start
     epochs_run = len(history.history.get("loss", [])) or config.n_epochs

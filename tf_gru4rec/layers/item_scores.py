@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec.layers.gru_stack import BlockGlorotUniform
@@ -38,10 +39,11 @@ class ItemScores(keras.layers.Layer):
     def sampled(self, h, columns):
         weights = ops.take(self.item_weights, columns, axis=0)  # (C, dim)
         bias = ops.take(self.item_bias, columns, axis=0)  # (C,)
-        return ops.matmul(h, ops.transpose(weights)) + bias  # (B, C)
+        # transpose_b: no transposed copy of the table (Keras' ops.transpose would make one).
+        return tf.matmul(h, weights, transpose_b=True) + bias  # (B, C)
 
     def call(self, h):
-        return ops.matmul(h, ops.transpose(self.item_weights)) + self.item_bias  # (B, n_items)
+        return tf.matmul(h, self.item_weights, transpose_b=True) + self.item_bias  # (B, n_items)
 
     def get_config(self):
         config = super().get_config()
