@@ -14,6 +14,9 @@ Markdown table is printed. Measured:
     given (it reports events/s per epoch; the median of its epochs after the first is used);
   - FLOPs per training event (matrix products, forward + backward) and the machine's measured
     matrix-multiply rate, giving the fraction of that ceiling.
+Both ours and the original run with transparent huge pages for large allocations (glibc's
+malloc tunable, as the `tf-gru4rec` command sets it; see tf_gru4rec/hugepages.py), unless
+--no-hugepages is given.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+from tf_gru4rec.hugepages import environment as hugepages_environment  # noqa: E402  (no TF)
+
+HUGEPAGES = True  # set from --no-hugepages in main()
 TRAIN_FILE = "yoochoose-clicks-100k_train_full.txt.gz"
 TEST_FILE = "yoochoose-clicks-100k_test.txt.gz"
 ORIGINAL_PARAMS = {
@@ -163,6 +170,8 @@ def child_main(spec_json: str) -> None:
 # ----------------------------------------------------------------------------- parent side
 def run_child(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if HUGEPAGES:
+        env = hugepages_environment(env)
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                           capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
@@ -184,7 +193,8 @@ def run_original(original: str, python: str, data: str, preset: str, epochs: int
                ORIGINAL_PARAMS[preset].format(epochs=epochs), "-d", "cpu", "-m", "20",
                "-e", "conservative"]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original,
+                              env=hugepages_environment() if HUGEPAGES else None)
         wall = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     text = proc.stdout + proc.stderr
@@ -220,7 +230,11 @@ def main() -> None:
     parser.add_argument("--synthetic-steps", type=int, default=1500,
                         help="training steps per epoch on the synthetic logs")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "speed.json"))
+    parser.add_argument("--no-hugepages", action="store_true",
+                        help="run without the glibc huge-page tunable (both implementations)")
     args = parser.parse_args()
+    global HUGEPAGES
+    HUGEPAGES = not args.no_hugepages
     if args.child:
         child_main(args.child)
         return
@@ -262,13 +276,24 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                   "command": " ".join(sys.argv), "records": records}, f, indent=2)
+                   "command": " ".join(sys.argv), "hugepages": HUGEPAGES,
+                   "transparent_hugepage": _read_text(
+                       "/sys/kernel/mm/transparent_hugepage/enabled"),
+                   "records": records}, f, indent=2)
     print(table(records))
 
 
 def _medians(runs: list[dict]) -> dict:
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and v is not None]
     return {k: statistics.median(r[k] for r in runs if r.get(k) is not None) for k in keys}
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def machine() -> str:

@@ -1,6 +1,9 @@
 """The command line end to end on tiny synthetic files."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -58,3 +61,34 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert "| gru4rec |" in out and "| itemknn |" in out
     assert "clicked" in out and (tmp_path / "export" / "gru4rec" / "1" /
                                  "saved_model.pb").exists()
+
+
+def test_hugepage_environment_keeps_other_tunables(monkeypatch):
+    from tf_gru4rec import hugepages
+
+    env = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"})
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert env["A"] == "1"
+    assert hugepages.environment({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert hugepages.environment(env) == env  # set once only
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert not hugepages.wanted()
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    monkeypatch.setenv("TF_GRU4REC_HUGEPAGES", "0")
+    assert not hugepages.wanted()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunable: Linux only")
+def test_command_restarts_itself_once_with_huge_pages(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, sys\n"
+        "from tf_gru4rec.hugepages import reexec_with_hugepages\n"
+        "print('run', os.environ.get('GLIBC_TUNABLES', ''), flush=True)\n"
+        "reexec_with_hugepages('probe', sys.argv[1:])\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "TF_GRU4REC_HUGEPAGES")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+    out = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
+                         env=env, check=True, cwd=tmp_path).stdout.split("\n")
+    assert out[:2] == ["run ", "run glibc.malloc.hugetlb=1"]

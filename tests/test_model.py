@@ -204,3 +204,15 @@ def test_compile_rejects_an_unknown_step_compilation():
     model = build_model(SMALL, 10)
     with pytest.raises(ValueError, match="step_compilation"):
         model.compile(optimizer="adam", step_compilation="xla")
+
+
+@pytest.mark.parametrize(("step_compilation", "jit_compile", "static"), [
+    ("full", False, True), ("gradients", False, False), (None, False, False),
+    (None, True, True)])
+def test_compile_picks_the_row_update_that_the_compilation_allows(step_compilation, jit_compile,
+                                                                 static):
+    model = build_model(SMALL, 10)
+    optimizer = make_optimizer(SMALL)
+    model.compile(optimizer=optimizer, step_compilation=step_compilation,
+                  jit_compile=jit_compile)
+    assert optimizer.static_shapes is static

@@ -255,5 +255,14 @@ def main(argv=None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The `tf-gru4rec` command: restarts once with huge pages for large item tables (see
+    `tf_gru4rec.hugepages`), then runs `main`."""
+    from tf_gru4rec.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages("tf_gru4rec.cli", sys.argv[1:])
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -184,13 +184,18 @@ class GRU4Rec(keras.Model):
         ("full": XLA; "gradients": only the gradients with XLA, for large item tables; None).
 
         Keras' own `jit_compile` defaults to False here: the step compiles itself, and a
-        block of steps (`SessionParallelInput.dataset(blocks=True)`) runs in one call.
+        block of steps (`SessionParallelInput.dataset(blocks=True)`) runs in one call. An
+        `AdagradM` optimizer gets `static_shapes` set to what the compilation needs.
         """
         if step_compilation not in ("full", "gradients", None):
             raise ValueError("`step_compilation` should be 'full', 'gradients' or None. "
                              f"Received: {step_compilation!r}")
         self.step_compilation = step_compilation
         kwargs.setdefault("jit_compile", False)
+        if hasattr(optimizer, "static_shapes"):
+            # AdagradM: sort-based row updates under XLA, `tf.unique` (faster) outside it.
+            optimizer.static_shapes = (step_compilation == "full"
+                                     or kwargs["jit_compile"] is not False)
         super().compile(optimizer=optimizer, **kwargs)
 
     def train_step(self, data):
