@@ -3,8 +3,9 @@
 Training on a large catalogue reads and writes a few thousand random rows of item tables of
 hundreds of MB every step (weights, Adagrad accumulator, momentum). With 4 KiB pages each
 row is a TLB miss; on CPU this made a 1M-item step ~2x slower than a 10k-item one (measured
-in benchmarks/). glibc (2.35+) backs large allocations with transparent huge pages when the
-process starts with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which Linux honours when
+in benchmarks/; with a few thousand items huge pages cost ~10% instead).
+glibc (2.35+) backs large allocations with transparent huge pages when the process starts
+with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which Linux honours when
 ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise`` (the usual
 defaults). The tunable is read at process start, so the `tf-gru4rec` command re-executes
 itself once with it set; set ``TF_GRU4REC_HUGEPAGES=0`` to opt out. Library users set the
