@@ -196,8 +196,7 @@ def run_original(original: str, python: str, data: str, preset: str, epochs: int
                ORIGINAL_PARAMS[preset].format(epochs=epochs), "-d", "cpu", "-m", "20",
                "-e", "conservative"]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original,
-                              env=None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original)
         wall = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     text = proc.stdout + proc.stderr

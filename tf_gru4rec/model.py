@@ -80,6 +80,8 @@ class GRU4Rec(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # "full", "gradients" or None: see `compile` and `_compiled_train_step`.
         self.step_compilation = None
+        self._train_step_fn = None  # built by `_compiled_train_step`
+        self._train_step_mode = None
 
     # ----------------------------------------------------------------- building blocks
     def build(self, input_shape=None):
@@ -221,8 +223,8 @@ class GRU4Rec(keras.Model):
         """The one-step update as a `tf.function`, compiled as `step_compilation` says:
         "full" (XLA), "gradients" (only the gradients with XLA: large item tables, where
         XLA would copy whole tables around the row updates) or None."""
-        mode = getattr(self, "step_compilation", None)
-        if getattr(self, "_train_step_fn", None) is None or self._train_step_mode != mode:
+        mode = self.step_compilation
+        if self._train_step_fn is None or self._train_step_mode != mode:
             if mode == "gradients":
                 gradients = tf.function(self.forward_backward, jit_compile=True)
                 self._train_step_fn = tf.function(
