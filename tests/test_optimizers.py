@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_gru4rec.optimizers import AdagradM, coalesce_rows
+from tf_gru4rec.optimizers import NO_ENTRY, AdagradM, sum_duplicate_rows
 
 
 def reference_step(p, acc, mom, rows, grads, lr, momentum, eps=1e-6):
@@ -22,15 +22,18 @@ def reference_step(p, acc, mom, rows, grads, lr, momentum, eps=1e-6):
         p[r] += step
 
 
-def test_coalesce_rows_sums_duplicates():
-    slices = tf.IndexedSlices(tf.constant([[1.0], [2.0], [3.0], [4.0]]),
-                              tf.constant([5, 2, 5, 5]))
-    idx, values, keep = coalesce_rows(slices)
-    n = int(keep.numpy().sum())
-    assert n == 2
-    got = dict(zip(idx.numpy()[:n], values.numpy()[:n, 0], strict=True))
-    assert got == {2: 2.0, 5: 8.0}
-    np.testing.assert_array_equal(values.numpy()[n:], 0.0)
+@pytest.mark.parametrize("jit", [False, True])
+def test_sum_duplicate_rows_gives_every_entry_its_row_sum(jit):
+    first_entry = tf.Variable(tf.fill([7], NO_ENTRY))
+    sums = tf.function(sum_duplicate_rows, jit_compile=jit)
+    for rows, values, expected in [([5, 2, 5, 0, 5], [1, 2, 3, 4, 5], [9, 2, 9, 4, 9]),
+                                   ([0, 6, 6, 2, 1], [1, 2, 3, 4, 5], [1, 5, 5, 4, 5])]:
+        slices = tf.IndexedSlices(tf.constant(values, tf.float32)[:, None], tf.constant(rows))
+        idx, summed = sums(slices, first_entry)
+        np.testing.assert_array_equal(idx.numpy(), rows)
+        np.testing.assert_array_equal(summed.numpy()[:, 0], expected)
+        # The scratch is back to "no entry" for the next call.
+        np.testing.assert_array_equal(first_entry.numpy(), NO_ENTRY)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.3])

@@ -7,8 +7,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tf_gru4rec import losses
+from tf_gru4rec import losses, xla_flags
 from tf_gru4rec.layers import GRUStack, ItemScores, PhiloxDropout
+
+xla_flags.apply()  # before the first XLA compilation of the process (see xla_flags)
 
 EMBEDDING_MODES = ("one-hot", "separate", "constrained")
 
@@ -78,9 +80,9 @@ class GRU4Rec(keras.Model):
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
                             dropout=self.dropout_p_hidden, seed=seed, name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        # "full", "gradients" or None: see `compile` and `_compiled_train_step`.
+        # "full", "gradients" or None: see `compile` and `_compiled_block`.
         self.step_compilation = None
-        self._train_step_fn = None  # built by `_compiled_train_step`
+        self._train_step_fn = None  # built by `_compiled_block`
         self._train_step_mode = None
 
     # ----------------------------------------------------------------- building blocks
@@ -182,11 +184,13 @@ class GRU4Rec(keras.Model):
         return grads, per_event, valid, new_states
 
     def compile(self, optimizer="adagrad", step_compilation="full", **kwargs):
-        """Keras `compile`, plus `step_compilation`: how the one-step update is compiled
-        ("full": XLA; "gradients": only the gradients with XLA, for large item tables; None).
+        """Keras `compile`, plus `step_compilation`: how a block of training steps runs
+        ("full": the whole block is one XLA program, a loop over the steps; "gradients":
+        only each step's gradients with XLA, the updates outside it, for large item tables;
+        None: no XLA).
 
-        Keras' own `jit_compile` defaults to False here: the step compiles itself, and a
-        block of steps (`SessionParallelInput.dataset(blocks=True)`) runs in one call. An
+        Keras' own `jit_compile` defaults to False here: the block compiles itself
+        (`SessionParallelInput.dataset(blocks=True)` gives one block per `fit` step). An
         `AdagradM` optimizer gets `static_shapes` set to what the compilation needs.
         """
         if step_compilation not in ("full", "gradients", None):
@@ -205,33 +209,35 @@ class GRU4Rec(keras.Model):
         `SessionParallelInput.dataset(blocks=True)`), run one after another in this call."""
         if isinstance(data, tuple):
             data = data[0]
-        step = self._compiled_train_step()
         if data["inputs"].shape.rank == 1:
-            step(data)
-        else:
-            n_steps = tf.shape(data["inputs"])[0]
-
-            def body(i):
-                step({key: value[i] for key, value in data.items()})
-                return (i + 1,)
-
-            tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),),
-                          parallel_iterations=1)
+            data = {key: value[None] for key, value in data.items()}
+        self._compiled_block()(data)
         return {"loss": self.loss_tracker.result()}
 
-    def _compiled_train_step(self):
-        """The one-step update as a `tf.function`, compiled as `step_compilation` says:
-        "full" (XLA), "gradients" (only the gradients with XLA: large item tables, where
-        XLA would copy whole tables around the row updates) or None."""
+    def _run_block(self, data, step):
+        """Runs `step` on each of the K steps of a block (entries [K, ...]) in order."""
+        n_steps = tf.shape(data["inputs"])[0]
+
+        def body(i):
+            step({key: value[i] for key, value in data.items()})
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),), parallel_iterations=1)
+
+    def _compiled_block(self):
+        """The block update as a `tf.function`, compiled as `step_compilation` says: "full"
+        (the loop over the block's steps is one XLA program: no per-step launch cost),
+        "gradients" (each step's gradients with XLA, the row updates outside it: large item
+        tables, where XLA would copy whole tables around the row updates) or None."""
         mode = self.step_compilation
         if self._train_step_fn is None or self._train_step_mode != mode:
             if mode == "gradients":
                 gradients = tf.function(self.forward_backward, jit_compile=True)
-                self._train_step_fn = tf.function(
-                    lambda data: self._update(*gradients(data)))
+                self._train_step_fn = tf.function(lambda data: self._run_block(
+                    data, lambda step: self._update(*gradients(step))))
             else:
-                self._train_step_fn = tf.function(
-                    lambda data: self._update(*self.forward_backward(data)),
+                self._train_step_fn = tf.function(lambda data: self._run_block(
+                    data, lambda step: self._update(*self.forward_backward(step))),
                     jit_compile=mode == "full")
             self._train_step_mode = mode
         return self._train_step_fn

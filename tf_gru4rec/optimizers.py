@@ -8,10 +8,11 @@ For each variable p with gradient g:
 
 When g is a `tf.IndexedSlices` (a gather from an item table) only the rows it touches are
 read and written: duplicate row indices are summed first, as a sparse gradient is coalesced.
-The deduplication uses only static shapes (sort, cumulative sum, segment sum), so the update
-compiles with XLA. When the table has few rows compared with the gathered ones (at most
-`dense_row_factor` times as many), the same update is computed over the whole table with the
-untouched rows masked, which is faster than sorting. Both give the same result. Keras 3's own
+Under XLA the sums use only static shapes (`sum_duplicate_rows`: a scatter-min of positions,
+no sort); outside XLA `tf.unique` does it. When the table has few rows compared with the
+gathered ones (at most `dense_row_factor` times as many), the same update is computed over the
+whole table with the untouched rows masked, which is faster than gathering and scattering
+rows. All paths give the same result. Keras 3's own
 Adagrad and Adam densify such gradients and update every row (momentum included) every step.
 """
 
@@ -20,26 +21,28 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+# Entries of a row-position scratch vector hold this between updates ("no entry yet").
+NO_ENTRY = 2**31 - 1
 
-def coalesce_rows(slices: tf.IndexedSlices):
-    """Sum duplicate rows of an `IndexedSlices` with static shapes.
 
-    Returns (indices [N], values [N, ...], keep [N] float): the first `n_unique` entries hold
-    the distinct row indices and their summed values; the rest are padding with keep = 0
-    (their index repeats a real one and their value is zero).
+def sum_duplicate_rows(slices: tf.IndexedSlices, first_entry: tf.Variable):
+    """Sum the values of entries that share a row index, with static shapes and no sort.
+
+    `first_entry` is an int32 [n_rows] scratch variable holding `NO_ENTRY` everywhere: a
+    scatter-min of entry positions finds each touched row's first entry, entries are summed
+    into that position and read back, and the touched entries are reset to `NO_ENTRY`, so the
+    cost grows with the number of entries N, not with the table.
+    Returns (indices int32 [N], values [N, ...]): entry i's value is the sum over every
+    entry with its row, so duplicate entries carry identical values (writing them all back
+    with a scatter that overwrites gives the same result in any order).
     """
     indices = tf.cast(slices.indices, tf.int32)
     n = tf.shape(indices)[0]
-    order = tf.argsort(indices, stable=True)
-    sorted_idx = tf.gather(indices, order)
-    is_new = tf.concat([[True], sorted_idx[1:] != sorted_idx[:-1]], axis=0)
-    segment = tf.cumsum(tf.cast(is_new, tf.int32)) - 1
-    values = tf.math.unsorted_segment_sum(tf.gather(slices.values, order), segment, n)
-    unique_idx = tf.math.unsorted_segment_max(sorted_idx, segment, n)
-    n_unique = segment[-1] + 1
-    keep = tf.cast(tf.range(n) < n_unique, values.dtype)
-    unique_idx = tf.where(keep > 0, unique_idx, sorted_idx[0])
-    return unique_idx, values, keep
+    first_entry.scatter_min(tf.IndexedSlices(tf.range(n), indices))
+    representative = tf.gather(first_entry, indices)  # (N,) position of the row's first entry
+    first_entry.scatter_update(tf.IndexedSlices(tf.fill([n], NO_ENTRY), indices))
+    sums = tf.math.unsorted_segment_sum(slices.values, representative, n)
+    return indices, tf.gather(sums, representative)
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
@@ -52,7 +55,7 @@ class AdagradM(keras.optimizers.Optimizer):
       epsilon: added to the accumulator under the square root.
     """
 
-    def __init__(self, learning_rate=0.05, momentum=0.0, epsilon=1e-6, dense_row_factor=4.0,
+    def __init__(self, learning_rate=0.05, momentum=0.0, epsilon=1e-6, dense_row_factor=3.0,
                  static_shapes=True, name="adagradm", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum < 1.0:
@@ -73,6 +76,12 @@ class AdagradM(keras.optimizers.Optimizer):
             [self.add_variable_from_reference(v, "momentum") for v in var_list]
             if self.momentum > 0 else []
         )
+        # Scratch of `sum_duplicate_rows`, one int32 entry per row: not optimizer state (always
+        # NO_ENTRY between steps), so kept out of Keras' tracking and out of checkpoints.
+        object.__setattr__(self, "_first_entry", [
+            tf.Variable(tf.fill([v.shape[0]], NO_ENTRY), trainable=False,
+                        name=f"first_entry_{i}") if len(v.shape) else None
+            for i, v in enumerate(var_list)])
 
     def update_step(self, gradient, variable, learning_rate):
         i = self._get_variable_index(variable)
@@ -86,7 +95,7 @@ class AdagradM(keras.optimizers.Optimizer):
             if n_touched is not None and n_rows <= self.dense_row_factor * n_touched:
                 self._masked_dense_update(gradient, variable, acc, mom, lr)
             else:
-                self._sparse_update(gradient, variable, acc, mom, lr)
+                self._sparse_update(gradient, variable, acc, mom, lr, self._first_entry[i])
         else:
             self._dense_update(tf.convert_to_tensor(gradient), variable, acc, mom, lr)
 
@@ -112,18 +121,17 @@ class AdagradM(keras.optimizers.Optimizer):
             step = tf.where(touched, new, tf.zeros_like(new))
         self.assign_add(variable, step)
 
-    def _sparse_update(self, gradient, variable, acc, mom, lr):
-        idx, grad, keep = coalesce_rows(gradient)
-        keep = tf.reshape(keep, [-1] + [1] * (len(grad.shape) - 1))
+    def _sparse_update(self, gradient, variable, acc, mom, lr, first_entry):
+        """Row update with static shapes (for XLA): every touched row is read, computed and
+        written once per entry that touches it (duplicates write the same value)."""
+        idx, grad = sum_duplicate_rows(gradient, first_entry)
         acc_rows = tf.gather(acc.value, idx) + tf.square(grad)
-        self.assign_add(acc, tf.IndexedSlices(tf.square(grad) * keep, idx))
-        step = -lr * grad / tf.sqrt(acc_rows + self.epsilon)
+        self.assign(acc, tf.IndexedSlices(acc_rows, idx))
+        step = -lr * grad * tf.math.rsqrt(acc_rows + self.epsilon)
         if mom is not None:
-            old = tf.gather(mom.value, idx)
-            new = self.momentum * old + step
-            self.assign_add(mom, tf.IndexedSlices((new - old) * keep, idx))
-            step = new
-        self.assign_add(variable, tf.IndexedSlices(step * keep, idx))
+            step = self.momentum * tf.gather(mom.value, idx) + step
+            self.assign(mom, tf.IndexedSlices(step, idx))
+        self.assign(variable, tf.IndexedSlices(tf.gather(variable, idx) + step, idx))
 
     def _unique_rows_update(self, gradient, variable, acc, mom, lr):
         """Row update with `tf.unique` (dynamic shapes: not for XLA): only the distinct
