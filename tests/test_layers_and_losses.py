@@ -120,6 +120,17 @@ def test_losses_match_numpy(name, rng):
                                    atol=1e-5)
 
 
+def test_cross_entropy_over_columns_equals_the_masked_cross_entropy(rng):
+    scores = rng.normal(size=(5, 12)).astype("float32") * 3
+    column_valid = np.ones(12, "float32")
+    column_valid[[1, 3]] = 0.0  # empty slots: rows 1 and 3 and their target columns
+    mask = column_valid[None, :] * (1.0 - np.eye(5, 12, dtype="float32"))
+    got = keras.ops.convert_to_numpy(losses.cross_entropy_over_columns(scores, column_valid))
+    expected = reference("cross-entropy", np.diag(scores[:, :5]), scores, mask)
+    valid_rows = column_valid[:5] > 0
+    np.testing.assert_allclose(got[valid_rows], expected[valid_rows], rtol=1e-5, atol=1e-5)
+
+
 def test_masked_columns_do_not_matter(rng):
     pos = rng.normal(size=3).astype("float32")
     neg = rng.normal(size=(3, 4)).astype("float32")
@@ -135,10 +146,10 @@ def test_unknown_loss_is_named():
         losses.get("hinge")
 
 
-def test_philox_dropout_rate_scale_and_identity():
-    from tf_gru4rec.layers import PhiloxDropout
+def test_hash_dropout_rate_scale_and_identity():
+    from tf_gru4rec.layers import HashDropout
 
-    layer = PhiloxDropout(0.3, seed=1)
+    layer = HashDropout(0.3, seed=1)
     x = np.ones((200, 100), "float32")
     np.testing.assert_array_equal(layer(x, training=False), x)
     out = np.asarray(layer(x, training=True))
@@ -146,4 +157,33 @@ def test_philox_dropout_rate_scale_and_identity():
     np.testing.assert_allclose(out[out > 0], 1 / 0.7, rtol=1e-6)
     assert not np.array_equal(out, np.asarray(layer(x, training=True)))  # a new mask each call
     with pytest.raises(ValueError, match="rate"):
-        PhiloxDropout(1.0)
+        HashDropout(1.0)
+
+
+def test_hash_uniform_is_uniform_independent_and_the_same_under_xla():
+    import tensorflow as tf
+
+    from tf_gru4rec.layers.dropout import hash32, hash_uniform
+
+    # lowbias32 reference values, computed by hand with Python integers.
+    def reference(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    xs = np.array([0, 1, 2, 12345, 2**31, 2**32 - 1], dtype=np.uint32)
+    np.testing.assert_array_equal(hash32(tf.constant(xs)).numpy(),
+                                  [reference(int(x)) for x in xs])
+    draws = [hash_uniform((400, 250), tf.constant([7, step])).numpy() for step in range(3)]
+    for u in draws:
+        assert 0.0 <= u.min() and u.max() < 1.0
+        counts = np.histogram(u, bins=20, range=(0, 1))[0]
+        expected = u.size / 20
+        assert ((counts - expected) ** 2 / expected).sum() < 60  # chi2(19): p ~ 1e-6
+        assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+    # Consecutive step counters give unrelated masks.
+    assert abs(np.corrcoef(draws[0].ravel(), draws[1].ravel())[0, 1]) < 0.01
+    compiled = tf.function(hash_uniform, jit_compile=True)((400, 250), tf.constant([7, 1]))
+    np.testing.assert_array_equal(compiled.numpy(), draws[1])

@@ -180,7 +180,7 @@ def test_bad_arguments_are_named():
         model.set_item_support(np.ones(3))
 
 
-@pytest.mark.parametrize("step_compilation", [None, "full", "gradients"])
+@pytest.mark.parametrize("step_compilation", [None, "full"])
 def test_blocks_of_steps_train_exactly_like_single_steps(synthetic_log, step_compilation):
     log = synthetic_log[0]
     config = SMALL.replace(dropout_p_hidden=0.3)
@@ -207,8 +207,7 @@ def test_compile_rejects_an_unknown_step_compilation():
 
 
 @pytest.mark.parametrize(("step_compilation", "jit_compile", "static"), [
-    ("full", False, True), ("gradients", False, False), (None, False, False),
-    (None, True, True)])
+    ("full", False, True), (None, False, False), (None, True, True)])
 def test_compile_picks_the_row_update_that_the_compilation_allows(step_compilation, jit_compile,
                                                                  static):
     model = build_model(SMALL, 10)

@@ -39,6 +39,22 @@ def cross_entropy(positive, negatives, mask):
     return ops.logsumexp(x, axis=1) - positive
 
 
+def cross_entropy_over_columns(scores, column_valid):
+    """`cross_entropy` straight from the sampled head's score matrix, whose first B columns
+    are the batch's targets (row i's target in column i): scores [B, C], column_valid [C]
+    (1.0 for a real column) -> [B].
+
+    L_i = logsumexp_j r_ij over the valid columns - r_ii, which equals
+    `cross_entropy(r_ii, r_i., mask)` with mask = column_valid off the diagonal for every
+    valid row i (its own column is valid), without copying the positives into a new column.
+    """
+    batch = ops.shape(scores)[0]
+    positive = ops.diagonal(scores[:, :batch])
+    valid = column_valid[None, :] > 0
+    x = ops.where(valid, scores, ops.full_like(scores, _NEG_INF))
+    return ops.logsumexp(x, axis=1) - positive
+
+
 def bpr(positive, negatives, mask):
     """L = -1/N_S sum_j log(sigmoid(r_i - r_j))."""
     loss = -ops.log_sigmoid(positive[:, None] - negatives) * mask

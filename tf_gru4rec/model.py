@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec import losses, xla_flags
-from tf_gru4rec.layers import GRUStack, ItemScores, PhiloxDropout
+from tf_gru4rec.layers import GRUStack, HashDropout, ItemScores
 
 xla_flags.apply()  # before the first XLA compilation of the process (see xla_flags)
 
@@ -75,12 +75,12 @@ class GRU4Rec(keras.Model):
             keras.layers.Embedding(self.n_items, self.embedding, name="input_embedding",
                                    embeddings_initializer=keras.initializers.GlorotUniform(seed))
             if self.embedding_mode == "separate" else None)
-        self.embedding_dropout = PhiloxDropout(
+        self.embedding_dropout = HashDropout(
             self.dropout_p_embed, seed=None if seed is None else seed + 7)
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
                             dropout=self.dropout_p_hidden, seed=seed, name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        # "full", "gradients" or None: see `compile` and `_compiled_block`.
+        # "full" or None: see `compile` and `_compiled_block`.
         self.step_compilation = None
         self._train_step_fn = None  # built by `_compiled_block`
         self._train_step_mode = None
@@ -158,12 +158,12 @@ class GRU4Rec(keras.Model):
                                          ops.full((n_sample,), self.sample_alpha)])
                 log_q = log_q * scale
             scores = scores - self.logq * log_q
-        eye = ops.eye(batch)
         column_valid = valid if negatives is None else ops.concatenate(
             [valid, ops.ones((ops.shape(negatives)[0],))])
-        if negatives is not None:
-            eye = ops.concatenate([eye, ops.zeros((batch, ops.shape(negatives)[0]))], axis=1)
-        positive = ops.sum(scores[:, :batch] * eye[:, :batch], axis=1)
+        if self.loss_name == "cross-entropy":
+            return losses.cross_entropy_over_columns(scores, column_valid)
+        eye = ops.eye(batch, ops.shape(columns)[0])
+        positive = ops.diagonal(scores[:, :batch])
         mask = column_valid[None, :] * (1.0 - eye)
         if self.loss_name == "bpr-max":
             return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)
@@ -185,16 +185,14 @@ class GRU4Rec(keras.Model):
 
     def compile(self, optimizer="adagrad", step_compilation="full", **kwargs):
         """Keras `compile`, plus `step_compilation`: how a block of training steps runs
-        ("full": the whole block is one XLA program, a loop over the steps; "gradients":
-        only each step's gradients with XLA, the updates outside it, for large item tables;
-        None: no XLA).
+        ("full": the whole block is one XLA program, a loop over the steps; None: no XLA).
 
         Keras' own `jit_compile` defaults to False here: the block compiles itself
         (`SessionParallelInput.dataset(blocks=True)` gives one block per `fit` step). An
         `AdagradM` optimizer gets `static_shapes` set to what the compilation needs.
         """
-        if step_compilation not in ("full", "gradients", None):
-            raise ValueError("`step_compilation` should be 'full', 'gradients' or None. "
+        if step_compilation not in ("full", None):
+            raise ValueError("`step_compilation` should be 'full' or None. "
                              f"Received: {step_compilation!r}")
         self.step_compilation = step_compilation
         kwargs.setdefault("jit_compile", False)
@@ -225,20 +223,14 @@ class GRU4Rec(keras.Model):
         tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),), parallel_iterations=1)
 
     def _compiled_block(self):
-        """The block update as a `tf.function`, compiled as `step_compilation` says: "full"
-        (the loop over the block's steps is one XLA program: no per-step launch cost),
-        "gradients" (each step's gradients with XLA, the row updates outside it: large item
-        tables, where XLA would copy whole tables around the row updates) or None."""
+        """The block update as a `tf.function`; with `step_compilation="full"` the loop over
+        the block's steps is one XLA program (no per-step launch cost; the item tables stay
+        in place across the steps, see `tf_gru4rec.xla_flags`)."""
         mode = self.step_compilation
         if self._train_step_fn is None or self._train_step_mode != mode:
-            if mode == "gradients":
-                gradients = tf.function(self.forward_backward, jit_compile=True)
-                self._train_step_fn = tf.function(lambda data: self._run_block(
-                    data, lambda step: self._update(*gradients(step))))
-            else:
-                self._train_step_fn = tf.function(lambda data: self._run_block(
-                    data, lambda step: self._update(*self.forward_backward(step))),
-                    jit_compile=mode == "full")
+            self._train_step_fn = tf.function(lambda data: self._run_block(
+                data, lambda step: self._update(*self.forward_backward(step))),
+                jit_compile=mode == "full")
             self._train_step_mode = mode
         return self._train_step_fn
 

@@ -53,21 +53,11 @@ def build_model(config: TrainConfig, n_items: int, item_support=None) -> GRU4Rec
     return compile_model(model, config)
 
 
-# Item tables above this many values are updated outside XLA (measured on CPU: a row update
-# of a 100k x 100 table costs ~15 ms compiled, as XLA copies the table, ~4 ms not compiled).
-XLA_TABLE_LIMIT = 2_000_000
-
-
 def compile_model(model: GRU4Rec, config: TrainConfig) -> GRU4Rec:
-    """Compile with the config's optimizer and XLA.
-
-    XLA compiles the model's one-step update (`GRU4Rec.train_step` loops over blocks of steps
-    itself); with a large catalogue only the gradient computation is compiled.
-    """
-    large = model.n_items * model.layer_sizes[-1] > XLA_TABLE_LIMIT
+    """Compile with the config's optimizer; with `config.jit_compile` a whole block of
+    training steps is one XLA program (`GRU4Rec.compile(step_compilation="full")`)."""
     model.compile(optimizer=make_optimizer(config),
-                  step_compilation=("gradients" if large else "full") if config.jit_compile
-                  else None)
+                  step_compilation="full" if config.jit_compile else None)
     return model
 
 

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from tf_gru4rec.layers.dropout import PhiloxDropout
+from tf_gru4rec.layers.dropout import HashDropout
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
@@ -67,7 +67,7 @@ class GRUStack(keras.layers.Layer):
         self.dropout = float(dropout)
         self.seed = seed
         self._dropout_layers = [
-            PhiloxDropout(dropout, seed=None if seed is None else seed + i)
+            HashDropout(dropout, seed=None if seed is None else seed + i)
             for i in range(len(self.units))
         ]
 
