@@ -92,3 +92,23 @@ def test_command_restarts_itself_once_with_huge_pages(tmp_path):
     out = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
                          env=env, check=True, cwd=tmp_path).stdout.split("\n")
     assert out[:2] == ["run ", "run glibc.malloc.hugetlb=1"]
+
+
+def test_xla_flags_are_added_once_and_respect_the_user():
+    from tf_gru4rec import xla_flags
+
+    flag = "--xla_cpu_copy_insertion_use_region_analysis=true"
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    xla_flags.apply(env)
+    assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {flag}"
+    xla_flags.apply(env)
+    assert env["XLA_FLAGS"].count("region_analysis") == 1
+    mine = {"XLA_FLAGS": "--xla_cpu_copy_insertion_use_region_analysis=false"}
+    xla_flags.apply(mine)
+    assert mine["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=false"
+    opted_out = {"TF_GRU4REC_XLA_FLAGS": "0"}
+    xla_flags.apply(opted_out)
+    assert "XLA_FLAGS" not in opted_out
+    empty = {}
+    xla_flags.apply(empty)
+    assert empty["XLA_FLAGS"] == flag

@@ -200,6 +200,23 @@ def test_blocks_of_steps_train_exactly_like_single_steps(synthetic_log, step_com
                            build_model(config, log.n_items).item_scores.item_weights.numpy())
 
 
+@pytest.mark.parametrize("n_sample", [10, 200])  # sparse and masked-dense row updates
+def test_the_xla_block_trains_like_the_uncompiled_one(synthetic_log, n_sample):
+    log = synthetic_log[0]
+    config = SMALL.replace(dropout_p_hidden=0.3, n_sample=n_sample)
+    trained = []
+    for step_compilation in (None, "full"):
+        model = build_model(config, log.n_items, log.item_support())
+        model.compile(optimizer=make_optimizer(config), step_compilation=step_compilation)
+        source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                      steps_per_block=7)
+        model.fit(source.dataset(blocks=True).take(5), epochs=1, verbose=0, shuffle=False,
+                  callbacks=[source.callback()])
+        trained.append(model)
+    for a, b in zip(trained[0].weights, trained[1].weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, err_msg=a.path)
+
+
 def test_compile_rejects_an_unknown_step_compilation():
     model = build_model(SMALL, 10)
     with pytest.raises(ValueError, match="step_compilation"):

@@ -212,12 +212,12 @@ class GRU4Rec(keras.Model):
         self._compiled_block()(data)
         return {"loss": self.loss_tracker.result()}
 
-    def _run_block(self, data, step):
-        """Runs `step` on each of the K steps of a block (entries [K, ...]) in order."""
+    def _run_block(self, data):
+        """Trains on each of the K steps of a block (entries [K, ...]), in order."""
         n_steps = tf.shape(data["inputs"])[0]
 
         def body(i):
-            step({key: value[i] for key, value in data.items()})
+            self._update(*self.forward_backward({key: value[i] for key, value in data.items()}))
             return (i + 1,)
 
         tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),), parallel_iterations=1)
@@ -228,9 +228,7 @@ class GRU4Rec(keras.Model):
         in place across the steps, see `tf_gru4rec.xla_flags`)."""
         mode = self.step_compilation
         if self._train_step_fn is None or self._train_step_mode != mode:
-            self._train_step_fn = tf.function(lambda data: self._run_block(
-                data, lambda step: self._update(*self.forward_backward(step))),
-                jit_compile=mode == "full")
+            self._train_step_fn = tf.function(self._run_block, jit_compile=mode == "full")
             self._train_step_mode = mode
         return self._train_step_fn
 
