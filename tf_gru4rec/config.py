@@ -32,7 +32,7 @@ class TrainConfig:
     n_epochs: int = 10
     optimizer: str = "adagradm"  # or any Keras optimizer name, e.g. "adam"
     shuffle_sessions: bool = False
-    jit_compile: bool = True  # XLA for the one-step update (see training.compile_model)
+    jit_compile: bool = True  # XLA: each block of training steps is one compiled program
     steps_per_execution: int = 50  # steps per block, run in one TensorFlow call
     seed: int = 0
     eval_batch_size: int = 0  # 0: sized to keep the slots full (evaluation_steps)
