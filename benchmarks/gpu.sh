@@ -3,6 +3,9 @@
 # Installs what it needs, checks the GPU is seen, then measures training events/s (XLA, with and
 # without mixed precision) and single-step serving latency, and prints a short table.
 #   bash benchmarks/gpu.sh [OUT_DIR]
+# Needs a machine that can pip-install TensorFlow 2.21 with CUDA (or has it). The GPU machines
+# this project's sessions may be lent have no TensorFlow, no network, and a 64 MiB limit on what
+# can be carried to them (the TensorFlow wheel alone is ~600 MB), so it has not run there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-benchmarks/results}}
