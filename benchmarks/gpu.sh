@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark: one prepared script for a lent GPU machine (finishes in well under 8 minutes).
-# Installs what it needs, checks the GPU is seen, then measures training events/s (XLA, with and
-# without mixed precision) and single-step serving latency, and prints a short table.
+# Installs what it needs, checks the GPU is seen, then measures training events/s (the compiled
+# XLA block, fp32; no mixed-precision variant yet) and single-step serving latency, and prints
+# a short table.
 #   bash benchmarks/gpu.sh [OUT_DIR]
 # Needs a machine that can pip-install TensorFlow 2.21 with CUDA (or has it). The GPU machines
 # this project's sessions may be lent have no TensorFlow, no network, and a 64 MiB limit on what
