@@ -180,23 +180,29 @@ def test_bad_arguments_are_named():
         model.set_item_support(np.ones(3))
 
 
+def train_35_steps(log, config, step_compilation, blocks):
+    """A model trained on the first 35 steps (5 blocks of 7, or 35 single steps)."""
+    model = build_model(config, log.n_items, log.item_support())
+    model.compile(optimizer=make_optimizer(config), step_compilation=step_compilation)
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  steps_per_block=7)
+    model.fit(source.dataset(blocks=blocks).take(5 if blocks else 35), epochs=1, verbose=0,
+              shuffle=False, callbacks=[source.callback()])
+    return model
+
+
+def assert_same_weights(a, b, atol):
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=atol, err_msg=x.path)
+
+
 @pytest.mark.parametrize("step_compilation", [None, "full"])
 def test_blocks_of_steps_train_exactly_like_single_steps(synthetic_log, step_compilation):
     log = synthetic_log[0]
     config = SMALL.replace(dropout_p_hidden=0.3)
-    trained = []
-    for blocks in (False, True):
-        model = build_model(config, log.n_items, log.item_support())
-        model.compile(optimizer=make_optimizer(config), step_compilation=step_compilation)
-        source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
-                                      steps_per_block=7)
-        dataset = source.dataset(blocks=blocks)
-        model.fit(dataset.take(5 if blocks else 35), epochs=1, verbose=0, shuffle=False,
-                  callbacks=[source.callback()])
-        trained.append(model)
-    for a, b in zip(trained[0].weights, trained[1].weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
-    assert not np.allclose(trained[0].item_scores.item_weights.numpy(),
+    single, blocks = (train_35_steps(log, config, step_compilation, b) for b in (False, True))
+    assert_same_weights(single, blocks, atol=1e-6)
+    assert not np.allclose(single.item_scores.item_weights.numpy(),
                            build_model(config, log.n_items).item_scores.item_weights.numpy())
 
 
@@ -204,17 +210,8 @@ def test_blocks_of_steps_train_exactly_like_single_steps(synthetic_log, step_com
 def test_the_xla_block_trains_like_the_uncompiled_one(synthetic_log, n_sample):
     log = synthetic_log[0]
     config = SMALL.replace(dropout_p_hidden=0.3, n_sample=n_sample)
-    trained = []
-    for step_compilation in (None, "full"):
-        model = build_model(config, log.n_items, log.item_support())
-        model.compile(optimizer=make_optimizer(config), step_compilation=step_compilation)
-        source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
-                                      steps_per_block=7)
-        model.fit(source.dataset(blocks=True).take(5), epochs=1, verbose=0, shuffle=False,
-                  callbacks=[source.callback()])
-        trained.append(model)
-    for a, b in zip(trained[0].weights, trained[1].weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, err_msg=a.path)
+    plain, compiled = (train_35_steps(log, config, mode, blocks=True) for mode in (None, "full"))
+    assert_same_weights(plain, compiled, atol=2e-5)
 
 
 def test_compile_rejects_an_unknown_step_compilation():

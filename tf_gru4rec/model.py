@@ -197,7 +197,7 @@ class GRU4Rec(keras.Model):
         self.step_compilation = step_compilation
         kwargs.setdefault("jit_compile", False)
         if hasattr(optimizer, "static_shapes"):
-            # AdagradM: sort-based row updates under XLA, `tf.unique` (faster) outside it.
+            # AdagradM: static-shape row sums under XLA, `tf.unique` (faster) outside it.
             optimizer.static_shapes = (step_compilation == "full"
                                      or kwargs["jit_compile"] is not False)
         super().compile(optimizer=optimizer, **kwargs)

@@ -124,7 +124,18 @@ class AdagradM(keras.optimizers.Optimizer):
     def _sparse_update(self, gradient, variable, acc, mom, lr, first_entry):
         """Row update with static shapes (for XLA): every touched row is read, computed and
         written once per entry that touches it (duplicates write the same value)."""
-        idx, grad = sum_duplicate_rows(gradient, first_entry)
+        self._rows_update(*sum_duplicate_rows(gradient, first_entry), variable, acc, mom, lr)
+
+    def _unique_rows_update(self, gradient, variable, acc, mom, lr):
+        """Row update with `tf.unique` (dynamic shapes: not for XLA): only the distinct
+        touched rows are read, computed and written."""
+        idx, segment = tf.unique(tf.cast(gradient.indices, tf.int32))
+        grad = tf.math.unsorted_segment_sum(gradient.values, segment, tf.shape(idx)[0])
+        self._rows_update(idx, grad, variable, acc, mom, lr)
+
+    def _rows_update(self, idx, grad, variable, acc, mom, lr):
+        """The update of rows `idx` [N] with their summed gradients `grad` [N, ...]; a row
+        listed twice must carry the same gradient both times (then both writes agree)."""
         acc_rows = tf.gather(acc.value, idx) + tf.square(grad)
         self.assign(acc, tf.IndexedSlices(acc_rows, idx))
         step = -lr * grad * tf.math.rsqrt(acc_rows + self.epsilon)
@@ -132,19 +143,6 @@ class AdagradM(keras.optimizers.Optimizer):
             step = self.momentum * tf.gather(mom.value, idx) + step
             self.assign(mom, tf.IndexedSlices(step, idx))
         self.assign(variable, tf.IndexedSlices(tf.gather(variable, idx) + step, idx))
-
-    def _unique_rows_update(self, gradient, variable, acc, mom, lr):
-        """Row update with `tf.unique` (dynamic shapes: not for XLA): only the distinct
-        touched rows are read, computed and written."""
-        idx, segment = tf.unique(tf.cast(gradient.indices, tf.int32))
-        grad = tf.math.unsorted_segment_sum(gradient.values, segment, tf.shape(idx)[0])
-        acc_rows = tf.gather(acc.value, idx) + tf.square(grad)
-        self.assign(acc, tf.IndexedSlices(acc_rows, idx))
-        step = -lr * grad * tf.math.rsqrt(acc_rows + self.epsilon)
-        if mom is not None:
-            step = self.momentum * tf.gather(mom.value, idx) + step
-            self.assign(mom, tf.IndexedSlices(step, idx))
-        self.assign_add(variable, tf.IndexedSlices(step, idx))
 
     def get_config(self):
         config = super().get_config()

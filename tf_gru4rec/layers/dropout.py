@@ -26,8 +26,8 @@ def hash32(x: tf.Tensor) -> tf.Tensor:
 
 
 def hash_uniform(shape, seed: tf.Tensor) -> tf.Tensor:
-    """float32 numbers in [0, 1) of `shape` from an int [2] `seed`: element i is
-    hash32(hash32(i * golden + seed[0]) ^ seed[1]) / 2^32."""
+    """float32 numbers in [0, 1) of `shape` from an int [2] `seed`: element i is the top 24
+    bits of hash32(hash32(i * golden + seed[0]) ^ hash32(seed[1] + golden)), divided by 2^24."""
     seed = tf.cast(seed, tf.uint32)
     size = tf.reduce_prod(shape)
     index = tf.range(size, dtype=tf.int32)
