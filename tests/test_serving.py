@@ -162,7 +162,7 @@ def keras_top_k(model, items):
 
 
 def test_grpc_round_trip_matches_keras(client, model, server):
-    assert int(server.manager.get("gru4rec", None).loaded.session_count()) == 0  # warmup ended
+    assert int(server.manager.get("gru4rec", None).session_count()) == 0  # warmup ended
     items = [3, 14, 15, 9]
     for t in range(len(items)):
         out = client.click(["rt"], ids([items[t]]))
@@ -176,7 +176,7 @@ def test_grpc_round_trip_matches_keras(client, model, server):
 def test_metadata_and_status(client):
     metadata = client.metadata()
     assert set(metadata) == {"serving_default", "end_session", "step", "recommend", "rank",
-                             "lookup"}
+                             "lookup", "session_count"}
     assert metadata["serving_default"]["inputs"] == {"session_id": ("string", (-1,)),
                                                      "item_id": ("string", (-1,))}
     assert metadata["step"]["inputs"]["state"] == ("float32", (-1, UNITS))
@@ -421,7 +421,7 @@ def test_replay_equals_evaluate_for_every_tie_rule(synthetic_served, tie_mode):
                     batch_size=24)
     assert _metrics(served) == _metrics(offline)
     # Replay leaves no session behind.
-    assert int(s["server"].manager.get("gru4rec", None).loaded.session_count()) == 0
+    assert int(s["server"].manager.get("gru4rec", None).session_count()) == 0
 
 
 def test_replay_reports_an_unreachable_server(synthetic_served):

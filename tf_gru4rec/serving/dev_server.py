@@ -6,14 +6,17 @@ config file, no monitoring). In production run the `tensorflow/serving` containe
 `serving/` with the same SavedModel directory.
 
 What it does, as TF Serving does:
-  - loads the latest numeric version under a base path (`<base>/<version>/`), runs the
-    warmup records in `assets.extra/tf_serving_warmup_requests`, and (with `poll_seconds`)
-    switches to newer versions as they appear; like TF Serving, a new version starts with an
-    empty session table;
+  - loads the latest numeric version under a base path (`<base>/<version>/`) with TF Serving's
+    own loading path (`tf_gru4rec.serving.bundle.SessionBundle`: the session-based loader,
+    signatures run by their SignatureDef tensor names), replays the warmup records in
+    `assets.extra/tf_serving_warmup_requests` and refuses a version whose warmup fails (the
+    previous version keeps serving); with `poll_seconds` it switches to newer versions as they
+    appear, and like TF Serving a new version starts with an empty session table;
   - `tensorflow.serving.PredictionService/Predict` and `GetModelMetadata`,
     `tensorflow.serving.ModelService/GetModelStatus` with the `tensorflow_serving.apis` protos;
-  - REST: `POST /v1/models/<name>[/versions/<v>]:predict` (columnar "inputs" or row
-    "instances"), `GET /v1/models/<name>[/versions/<v>]` and `.../metadata`;
+  - REST (`tf_gru4rec.serving.rest`): `POST /v1/models/<name>[/versions/<v>]:predict`
+    (columnar "inputs" or row "instances"), `GET /v1/models/<name>[/versions/<v>]` and
+    `.../metadata`;
   - malformed requests get INVALID_ARGUMENT (HTTP 400), unknown models or versions NOT_FOUND,
     and the server keeps serving.
 It binds to 127.0.0.1 unless told otherwise.
@@ -22,31 +25,31 @@ It binds to 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import concurrent.futures
-import http.server
-import json
 import logging
 import os
-import re
 import threading
 import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
+from tf_gru4rec.serving.bundle import SessionBundle, SignatureError, first_line
+
 logger = logging.getLogger(__name__)
 
-WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Tensor dtypes a request may carry (the signatures take strings, floats and integers).
+_REQUEST_DTYPES = {types_pb2.DT_STRING, types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE,
+                   types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_BOOL}
 
 
 class RequestError(Exception):
@@ -59,20 +62,13 @@ class RequestError(Exception):
 
 
 class Servable:
-    """One loaded SavedModel version: its functions and SignatureDefs."""
+    """One loaded SavedModel version (`SessionBundle`) and its version number."""
 
     def __init__(self, path: str, version: int):
         self.path = path
         self.version = version
-        self.loaded = tf.saved_model.load(path)
-        self.functions = dict(self.loaded.signatures)
-        proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-        self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
-                               if not k.startswith("__")}
-        self.input_specs = {name: fn.structured_input_signature[1]
-                            for name, fn in self.functions.items()}
+        self.bundle = SessionBundle(path)
+        self.signature_defs = self.bundle.signature_defs
 
     def run(self, signature_name: str, inputs: dict, output_filter=(),
             strict_dtypes: bool = True) -> dict:
@@ -82,79 +78,24 @@ class Servable:
         dtype; otherwise (REST, JSON numbers) they are cast to it.
         """
         name = signature_name or "serving_default"
-        if name not in self.functions:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Serving signature name: \"{name}\" not found in signature def; "
-                               f"signatures: {sorted(self.functions)}")
-        specs = self.input_specs[name]
-        if set(inputs) != set(specs):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Signature {name!r} expects inputs {sorted(specs)}; received "
-                               f"{sorted(inputs)}")
-        tensors = {}
-        for key, spec in specs.items():
-            tensors[key] = _check_input(name, key, inputs[key], spec, strict_dtypes)
-        unknown = set(output_filter) - set(self.signature_defs[name].outputs)
-        if unknown:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"output_filter names unknown outputs {sorted(unknown)}")
         try:
-            outputs = self.functions[name](**tensors)
-        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, _first_line(error)) from None
+            feed = self.bundle.check_inputs(name, inputs, cast_numbers=not strict_dtypes)
+            return self.bundle.run(name, feed, output_filter)
+        except SignatureError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except tf.errors.OpError as error:
-            raise RequestError(_grpc_code(error.error_code), _first_line(error)) from None
-        wanted = set(output_filter) or set(outputs)
-        return {k: v.numpy() for k, v in outputs.items() if k in wanted}
+            raise RequestError(_grpc_code(error.error_code), first_line(error)) from None
 
     def warmup(self) -> int:
-        """Run the warmup records (PredictionLog protos) once each, in order."""
-        path = os.path.join(self.path, WARMUP_PATH)
-        if not os.path.exists(path):
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(path):
-            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if log.WhichOneof("log_type") != "predict_log":
-                continue
-            request = log.predict_log.request
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            self.run(request.model_spec.signature_name, inputs)
-            count += 1
-        return count
+        return self.bundle.warmup()
 
+    def session_count(self) -> int:
+        """Sessions in the stateful signature's table (a test and monitoring aid)."""
+        return int(self.bundle.run("session_count", {})["count"]) \
+            if "session_count" in self.signature_defs else -1
 
-def _check_input(signature: str, key: str, value: np.ndarray, spec: tf.TensorSpec,
-                 strict_dtypes: bool):
-    dtype = spec.dtype
-    if dtype == tf.string:
-        if value.dtype.kind not in "OSU":
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{signature}: input {key!r} should be string; received "
-                               f"{value.dtype}")
-    else:
-        wrong = value.dtype != dtype.as_numpy_dtype if strict_dtypes else (
-            value.dtype.kind in "OSU"
-            or not np.can_cast(value.dtype, dtype.as_numpy_dtype, casting="same_kind"))
-        if wrong:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{signature}: input {key!r} should be {dtype.name}; received "
-                               f"{value.dtype}")
-        value = value.astype(dtype.as_numpy_dtype, copy=False)
-    if not spec.shape.is_compatible_with(value.shape):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{signature}: input {key!r} should have shape "
-                           f"{_shape_str(spec.shape)}; received {list(value.shape)}")
-    return tf.constant(value, dtype=dtype)
-
-
-def _shape_str(shape: tf.TensorShape) -> str:
-    return "[" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + "]"
-
-
-def _first_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    def close(self) -> None:
+        self.bundle.close()
 
 
 def _grpc_code(tf_code: int) -> grpc.StatusCode:
@@ -165,7 +106,11 @@ def _grpc_code(tf_code: int) -> grpc.StatusCode:
 
 
 class ModelManager:
-    """Keeps the latest version of one model loaded, optionally polling for new ones."""
+    """Keeps the latest good version of one model loaded, optionally polling for new ones.
+
+    A version that does not load or whose warmup fails is refused with one error log line and
+    is not retried until a newer version appears; the loaded version keeps serving.
+    """
 
     def __init__(self, base_path: str, model_name: str, warmup: bool = True):
         if not os.path.isdir(base_path):
@@ -175,10 +120,13 @@ class ModelManager:
         self.warmup = warmup
         self._lock = threading.Lock()
         self._current: Servable | None = None
+        self.refused: dict[int, str] = {}
         self.reload()
         if self._current is None:
-            raise FileNotFoundError(f"No numeric version directory with a saved_model.pb "
-                                    f"under {base_path!r}")
+            detail = "; ".join(f"version {v}: {why}" for v, why in sorted(self.refused.items()))
+            raise FileNotFoundError(f"No loadable numeric version directory with a "
+                                    f"saved_model.pb under {base_path!r}"
+                                    + (f" ({detail})" if detail else ""))
 
     def latest_version_on_disk(self) -> int | None:
         versions = [int(n) for n in os.listdir(self.base_path) if n.isdigit() and
@@ -189,11 +137,23 @@ class ModelManager:
         """Load the latest version if it is newer than the loaded one; True if switched."""
         version = self.latest_version_on_disk()
         current = self._current
-        if version is None or (current is not None and current.version == version):
+        if version is None or version in self.refused or (
+                current is not None and current.version >= version):
             return False
+        path = os.path.join(self.base_path, str(version))
         start = time.perf_counter()
-        servable = Servable(os.path.join(self.base_path, str(version)), version)
-        n_warmup = servable.warmup() if self.warmup else 0
+        servable = None
+        try:
+            servable = Servable(path, version)
+            n_warmup = servable.warmup() if self.warmup else 0
+        except Exception as error:  # refuse this version, keep serving the current one
+            if servable is not None:
+                servable.close()
+            self.refused[version] = first_line(error)
+            logger.error("model %r version %d refused (%s): %s%s", self.model_name, version,
+                         path, first_line(error),
+                         f"; still serving version {current.version}" if current else "")
+            return False
         with self._lock:
             self._current = servable
         logger.info("model %r version %d loaded from %s in %.2fs (%d warmup requests)",
@@ -215,11 +175,38 @@ class ModelManager:
         return servable
 
 
-def _version_of(model_spec) -> int | None:
+def version_of(model_spec) -> int | None:
     if model_spec.HasField("version_label"):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            "version_label is not supported by the development server")
     return model_spec.version.value if model_spec.HasField("version") else None
+
+
+def decode_inputs(request) -> dict:
+    """A PredictRequest's TensorProtos -> name -> numpy array; raises `RequestError` for
+    dtypes a signature never takes (DT_VARIANT, DT_RESOURCE, ...), negative or absurd
+    dimensions, and content that does not match the shape."""
+    inputs = {}
+    for key, proto in request.inputs.items():
+        if proto.dtype not in _REQUEST_DTYPES:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r}: tensors of type "
+                               f"{types_pb2.DataType.Name(proto.dtype)} are not accepted")
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r}: negative dimension in shape {dims}")
+        if int(np.prod(dims, dtype=np.float64)) > GRPC_MAX_MESSAGE_BYTES:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r}: shape {dims} has more than "
+                               f"{GRPC_MAX_MESSAGE_BYTES} elements")
+        try:
+            inputs[key] = tf.make_ndarray(proto)
+        except (TypeError, ValueError) as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r} is not a valid TensorProto: "
+                               f"{first_line(error)}") from None
+    return inputs
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -228,16 +215,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         try:
-            servable = self.manager.get(request.model_spec.name, _version_of(request.model_spec))
-            inputs = {}
-            for key, proto in request.inputs.items():
-                try:
-                    inputs[key] = tf.make_ndarray(proto)
-                except (TypeError, ValueError) as error:
-                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"input {key!r} is not a valid TensorProto: "
-                                       f"{_first_line(error)}") from None
-            outputs = servable.run(request.model_spec.signature_name, inputs,
+            servable = self.manager.get(request.model_spec.name, version_of(request.model_spec))
+            outputs = servable.run(request.model_spec.signature_name, decode_inputs(request),
                                    list(request.output_filter))
         except RequestError as error:
             context.abort(error.code, error.message)
@@ -255,10 +234,10 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "Metadata field must be exactly ['signature_def']; received "
                                    f"{list(request.metadata_field)}")
-            servable = self.manager.get(request.model_spec.name, _version_of(request.model_spec))
+            servable = self.manager.get(request.model_spec.name, version_of(request.model_spec))
         except RequestError as error:
             context.abort(error.code, error.message)
-        return _metadata_response(request.model_spec.name, servable)
+        return metadata_response(request.model_spec.name, servable)
 
     def Classify(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not served; use Predict")
@@ -270,7 +249,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not served; use Predict")
 
 
-def _metadata_response(name: str, servable: Servable):
+def metadata_response(name: str, servable: Servable):
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     for key, value in servable.signature_defs.items():
         signature_map.signature_def[key].CopyFrom(value)
@@ -281,7 +260,7 @@ def _metadata_response(name: str, servable: Servable):
     return response
 
 
-def _status_response(servable: Servable):
+def status_response(servable: Servable):
     response = get_model_status_pb2.GetModelStatusResponse()
     status = response.model_version_status.add()
     status.version = servable.version
@@ -295,138 +274,14 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         try:
-            servable = self.manager.get(request.model_spec.name, _version_of(request.model_spec))
+            servable = self.manager.get(request.model_spec.name, version_of(request.model_spec))
         except RequestError as error:
             context.abort(error.code, error.message)
-        return _status_response(servable)
+        return status_response(servable)
 
     def HandleReloadConfigRequest(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
                       "The development server serves one model; restart it to change that")
-
-
-# ---------------------------------------------------------------------- REST
-_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
-                        r"(?P<rest>/metadata|:predict)?$")
-_HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-            grpc.StatusCode.FAILED_PRECONDITION: 412, grpc.StatusCode.UNIMPLEMENTED: 501,
-            grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
-
-
-def _make_rest_handler(manager: ModelManager):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt, *args):
-            logger.debug("rest: " + fmt, *args)
-
-        def _send(self, code: int, body: dict):
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _route(self, method: str):
-            match = _REST_PATH.match(self.path.split("?", 1)[0])
-            if match is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} "
-                                                              f"{self.path}")
-            version = int(match["version"]) if match["version"] else None
-            servable = manager.get(match["name"], version)
-            rest = match["rest"] or ""
-            if method == "GET" and rest == "":
-                return _to_json(_status_response(servable))
-            if method == "GET" and rest == "/metadata":
-                return _to_json(_metadata_response(match["name"], servable))
-            if method == "POST" and rest == ":predict":
-                return _rest_predict(servable, self._body())
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} "
-                                                          f"{self.path}")
-
-        def _body(self) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
-            try:
-                body = json.loads(self.rfile.read(length).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"JSON parse error: {error}") from None
-            if not isinstance(body, dict):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "the request body should be a JSON object")
-            return body
-
-        def _handle(self, method: str):
-            try:
-                self._send(200, self._route(method))
-            except RequestError as error:
-                self._send(_HTTP_OF.get(error.code, 500), {"error": error.message})
-            except Exception as error:  # keep serving whatever happens
-                logger.exception("rest: unexpected error")
-                self._send(500, {"error": f"{type(error).__name__}: {error}"})
-
-        def do_GET(self):
-            self._handle("GET")
-
-        def do_POST(self):
-            self._handle("POST")
-
-    return Handler
-
-
-def _to_json(message) -> dict:
-    """A response proto as TF Serving's REST API writes it (snake_case, defaults included)."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-
-
-def _rest_predict(servable: Servable, body: dict) -> dict:
-    signature = body.get("signature_name") or "serving_default"
-    if "inputs" in body:
-        raw, columnar = body["inputs"], True
-    elif "instances" in body:
-        columnar = False
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances or not all(
-                isinstance(x, dict) for x in instances):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "'instances' should be a non-empty list of objects")
-        raw = {k: [x.get(k) for x in instances] for k in instances[0]}
-    else:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "Missing 'inputs' or 'instances' key")
-    if not isinstance(raw, dict):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "'inputs' should be an object")
-    specs = servable.input_specs.get(signature, {})
-    inputs = {}
-    for key, value in raw.items():
-        spec = specs.get(key)
-        try:
-            if spec is not None and spec.dtype == tf.string:
-                array = np.asarray(value, dtype=object)
-                if any(not isinstance(v, str) for v in array.ravel()):
-                    raise ValueError("expected strings")
-            else:
-                array = np.asarray(value, dtype=None if spec is None
-                                   else spec.dtype.as_numpy_dtype)
-        except (TypeError, ValueError) as error:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {key!r}: {error}") from None
-        inputs[key] = array
-    outputs = servable.run(signature, inputs, strict_dtypes=False)
-    outputs = {k: _jsonable(v) for k, v in outputs.items()}
-    if columnar:
-        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
-    n = len(next(iter(outputs.values())))
-    return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
-
-
-def _jsonable(array: np.ndarray):
-    if array.dtype == object:
-        return np.vectorize(lambda b: b.decode("utf-8", errors="replace")
-                            if isinstance(b, bytes) else b, otypes=[object])(array).tolist()
-    return array.tolist()
 
 
 # ---------------------------------------------------------------------- server
@@ -459,10 +314,12 @@ class DevServer:
         self._stop = threading.Event()
 
     def start(self) -> DevServer:
+        from tf_gru4rec.serving.rest import make_http_server
+
         self._grpc = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers),
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            options=[("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             _PredictionService(self.manager), self._grpc)
@@ -474,9 +331,7 @@ class DevServer:
         self.port = bound
         self._grpc.start()
         if self.rest_port is not None:
-            self._http = http.server.ThreadingHTTPServer(
-                (self.host, self.rest_port), _make_rest_handler(self.manager))
-            self._http.daemon_threads = True
+            self._http = make_http_server(self.manager, self.host, self.rest_port)
             self.rest_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "rest")
         if self.poll_seconds:

@@ -1,0 +1,255 @@
+"""The development server's REST endpoint, shaped like TF Serving's REST API.
+
+`POST /v1/models/<name>[/versions/<v>]:predict` with columnar `"inputs"` or row `"instances"`,
+`GET /v1/models/<name>[/versions/<v>]` (status) and `.../metadata`. Every bad request gets a
+4xx answer with `{"error": message}` and the server keeps serving: a body over
+`MAX_BODY_BYTES` (413), a missing, negative or absurd Content-Length (400/411/413), invalid or
+too deeply nested JSON (400), numbers that overflow the signature's dtype (400). Each
+connection has a socket timeout, so a client that sends less than it announced cannot hold a
+handler thread forever.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import re
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from tf_gru4rec.serving.dev_server import (
+    ModelManager,
+    RequestError,
+    Servable,
+    metadata_response,
+    status_response,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+SOCKET_TIMEOUT_SECONDS = 30.0
+
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
+                        r"(?P<rest>/metadata|:predict)?$")
+_HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+            grpc.StatusCode.FAILED_PRECONDITION: 412, grpc.StatusCode.UNIMPLEMENTED: 501,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+
+
+class HttpError(Exception):
+    """An answer other than 200 that is not a TF status (e.g. 411, 413)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def make_http_server(manager: ModelManager, host: str, port: int):
+    """A threading HTTP server (not started) answering the REST API for `manager`'s model."""
+    server = http.server.ThreadingHTTPServer((host, port), _make_handler(manager))
+    server.daemon_threads = True
+    return server
+
+
+def _make_handler(manager: ModelManager):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = SOCKET_TIMEOUT_SECONDS  # socket timeout for every read and write
+
+        def log_message(self, fmt, *args):
+            logger.debug("rest: " + fmt, *args)
+
+        def _send(self, code: int, body: dict, close: bool = False):
+            data = json.dumps(body).encode("utf-8")
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self, method: str):
+            match = _REST_PATH.match(self.path.split("?", 1)[0])
+            if match is None:
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"Malformed request: {method} {self.path[:200]}")
+            version = int(match["version"]) if match["version"] else None
+            servable = manager.get(match["name"], version)
+            rest = match["rest"] or ""
+            if method == "GET" and rest == "":
+                return _to_json(status_response(servable))
+            if method == "GET" and rest == "/metadata":
+                return _to_json(metadata_response(match["name"], servable))
+            if method == "POST" and rest == ":predict":
+                return _predict(servable, self._body())
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"Malformed request: {method} {self.path[:200]}")
+
+        def _body(self) -> dict:
+            return parse_body(self.headers.get("Content-Length"), self.rfile.read)
+
+        def _handle(self, method: str):
+            try:
+                self._send(200, self._route(method))
+            except RequestError as error:
+                self._send(_HTTP_OF.get(error.code, 500), {"error": error.message})
+            except HttpError as error:  # the body was not read: do not reuse the connection
+                self._send(error.status, {"error": error.message}, close=True)
+            except TimeoutError:
+                self.close_connection = True
+            except Exception as error:  # keep serving whatever happens
+                logger.exception("rest: unexpected error")
+                self._send(500, {"error": f"{type(error).__name__}: {error}"})
+
+        def do_GET(self):
+            self._handle("GET")
+
+        def do_POST(self):
+            self._handle("POST")
+
+    return Handler
+
+
+def parse_body(content_length: str | None, read) -> dict:
+    """Read and parse a JSON request body of `content_length` bytes with `read(n)`.
+
+    Raises `HttpError` (411/400/413) for a missing, malformed, negative or too large length,
+    and `RequestError` (INVALID_ARGUMENT) for bytes that are not a JSON object of bounded depth.
+    """
+    if content_length is None:
+        raise HttpError(411, "a request body needs a Content-Length header")
+    if not content_length.strip().isdigit():
+        raise HttpError(400, f"Content-Length should be a non-negative integer; received "
+                             f"{content_length[:40]!r}")
+    length = int(content_length)
+    if length > MAX_BODY_BYTES:
+        raise HttpError(413, f"the request body is {length} bytes; the limit is "
+                             f"{MAX_BODY_BYTES}")
+    data = read(length)
+    if len(data) < length:
+        raise HttpError(400, f"the request body ended after {len(data)} of {length} bytes")
+    try:
+        text = data.decode("utf-8")
+        _check_depth(text)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"JSON parse error: {str(error)[:200]}") from None
+    if not isinstance(body, dict):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "the request body should be a JSON object")
+    return body
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (brackets outside strings)."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        elif char in "]}":
+            depth -= 1
+
+
+def _to_json(message) -> dict:
+    """A response proto as TF Serving's REST API writes it (snake_case, defaults included)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def _predict(servable: Servable, body: dict) -> dict:
+    signature = body.get("signature_name") or "serving_default"
+    if not isinstance(signature, str):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' should be a string")
+    if "inputs" in body:
+        raw, columnar = body["inputs"], True
+    elif "instances" in body:
+        columnar = False
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances or not all(
+                isinstance(x, dict) for x in instances):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "'instances' should be a non-empty list of objects")
+        keys = set(instances[0])
+        if any(set(x) != keys for x in instances):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "every instance should have the same keys")
+        raw = {k: [x[k] for x in instances] for k in instances[0]}
+    else:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Missing 'inputs' or 'instances' key")
+    if not isinstance(raw, dict):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "'inputs' should be an object")
+    try:
+        infos = servable.bundle.input_infos(signature)
+    except ValueError as error:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+    inputs = {key: _to_array(key, value, infos.get(key, (None, None))[0])
+              for key, value in raw.items()}
+    outputs = servable.run(signature, inputs, strict_dtypes=False)
+    outputs = {k: _jsonable(v) for k, v in outputs.items()}
+    if columnar:
+        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+    n = len(next(iter(outputs.values())))
+    return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
+
+
+def _to_array(key: str, value, dtype) -> np.ndarray:
+    """A JSON value -> numpy array of the signature's dtype; RequestError if it cannot be."""
+    try:
+        if dtype is object:
+            array = np.asarray(value, dtype=object)
+            if any(not isinstance(v, str) for v in array.ravel()):
+                raise ValueError("expected strings")
+            return array
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise ValueError("expected numbers in a rectangular array")
+        if dtype is not None:
+            with np.errstate(over="raise", invalid="raise"):
+                cast = array.astype(dtype)
+            if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(
+                    cast).all():
+                raise OverflowError(f"a number does not fit {np.dtype(dtype).name}")
+            array = cast
+        return array
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as error:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: {str(error)[:200]}") from None
+
+
+def _jsonable(array: np.ndarray):
+    if array.dtype == object:
+        return np.vectorize(lambda b: b.decode("utf-8", errors="replace")
+                            if isinstance(b, bytes) else b, otypes=[object])(array).tolist()
+    return array.tolist()
