@@ -18,6 +18,7 @@ from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.export import export_model, next_version
 from tf_gru4rec.metrics import target_ranks
+from tf_gru4rec.serving.bundle import SessionBundle
 from tf_gru4rec.training import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,10 +31,19 @@ def ids(indices) -> np.ndarray:
     return np.asarray([str(RAW_IDS[i]) for i in indices], dtype=object)
 
 
-def call(loaded, signature, **inputs) -> dict:
-    out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
-    return {k: v.numpy().astype(str).astype(object) if v.dtype == tf.string else v.numpy()
-            for k, v in out.items()}
+def load(path) -> SessionBundle:
+    """A version loaded the way TF Serving loads it (session-based loader)."""
+    return SessionBundle(path)
+
+
+def call(bundle, signature, **inputs) -> dict:
+    """Run a signature by its SignatureDef tensor names; strings come back as str."""
+    out = bundle.run(signature, bundle.check_inputs(signature, inputs))
+    return {k: v.astype(str).astype(object) if v.dtype == object else v for k, v in out.items()}
+
+
+def count(bundle) -> int:
+    return int(call(bundle, "session_count")["count"])
 
 
 def keras_scores(model, sessions) -> list[np.ndarray]:
@@ -47,10 +57,22 @@ def keras_scores(model, sessions) -> list[np.ndarray]:
     return out
 
 
+def randomize(model, seed: int) -> None:
+    """Every weight (biases too) gets random values, so that a weight the export drops or
+    mixes up changes the scores."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0.0, 0.4, variable.shape).astype(np.float32))
+
+
 @pytest.fixture(scope="module")
 def model():
-    config = TrainConfig(layers=[12, 10], batch_size=4, n_sample=0, jit_compile=False, seed=5)
-    return build_model(config, N_ITEMS, item_support=SUPPORT)
+    config = TrainConfig(layers=[12, 10], batch_size=4, n_sample=0, jit_compile=False, seed=5,
+                         dropout_p_hidden=0.3)
+    model = build_model(config, N_ITEMS, item_support=SUPPORT)
+    randomize(model, 5)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +83,21 @@ def vocabulary():
 @pytest.fixture(scope="module")
 def plain(model, vocabulary, tmp_path_factory):
     path = export_model(model, vocabulary, str(tmp_path_factory.mktemp("plain") / "gru4rec"), k=K)
-    return path, tf.saved_model.load(path)
+    return path, load(path)
 
 
 @pytest.fixture(scope="module")
 def seen_export(model, vocabulary, tmp_path_factory):
     path = export_model(model, vocabulary, str(tmp_path_factory.mktemp("seen") / "gru4rec"), k=K,
                         exclude_seen=True, max_seen=4)
-    return tf.saved_model.load(path)
+    return load(path)
 
 
 @pytest.fixture(scope="module")
 def bounded(model, vocabulary, tmp_path_factory):
     path = export_model(model, vocabulary, str(tmp_path_factory.mktemp("bounded") / "gru4rec"),
                         k=K, session_capacity=30, session_idle_seconds=0.6, warmup=False)
-    return tf.saved_model.load(path)
+    return load(path)
 
 
 # ---------------------------------------------------------------------- layout and signatures
@@ -95,6 +117,11 @@ EXPECTED = {
              {"n_higher": ("DT_INT32", [-1]), "n_ties": ("DT_INT32", [-1]),
               "known": ("DT_BOOL", [-1])}),
     "lookup": ({"item_id": ("DT_STRING", [-1])}, {"known": ("DT_BOOL", [-1])}),
+    "click": ({"session_id": ("DT_STRING", [-1]), "item_id": ("DT_STRING", [-1]),
+               "position": ("DT_INT64", [-1])},
+              {"item_ids": ("DT_STRING", [-1, K]), "scores": ("DT_FLOAT", [-1, K]),
+               "known": ("DT_BOOL", [-1]), "applied": ("DT_BOOL", [-1])}),
+    "session_count": ({}, {"count": ("DT_INT64", [])}),
 }
 
 
@@ -119,7 +146,7 @@ def test_signature_defs_have_documented_dtypes_and_shapes(plain):
         assert signatures[name].method_name == "tensorflow/serving/predict"
 
 
-def test_layout_assets_and_warmup(plain, vocabulary):
+def test_layout_assets_and_warmup(plain, model, vocabulary):
     path, loaded = plain
     assert os.path.basename(path) == "1"
     with open(os.path.join(path, "assets", "items.txt")) as f:
@@ -133,39 +160,43 @@ def test_layout_assets_and_warmup(plain, vocabulary):
     names = [r.predict_log.request.model_spec.signature_name for r in records]
     assert set(names) == set(EXPECTED) and names[-1] == "end_session"
     assert 0 < len(records) <= 1000
-    # Only the serving layers and the (empty) session tables are saved: no optimizer state.
+    # Only the inference weights and the (empty) session tables are saved: no optimizer state.
     saved = dict(tf.train.list_variables(os.path.join(path, "variables", "variables")))
-    assert {name.split("/")[0] for name in saved} - {"_CHECKPOINTABLE_OBJECT_GRAPH"} == {
-        "gru", "item_scores", "states", "last_seen", "last_sweep"}
-    assert saved["states/.ATTRIBUTES/table-keys"] == [0]
-    assert saved["last_seen/.ATTRIBUTES/table-keys"] == [0]
+    variables = sorted(shape for name, shape in saved.items() if name.endswith("VARIABLE_VALUE"))
+    expected = sorted([list(v.shape) for v in model.gru.weights + model.item_scores.weights]
+                      + [[]])  # + last_sweep
+    assert variables == expected
+    tables = {name: shape for name, shape in saved.items() if "table-" in name}
+    # states, last_seen and clicks: keys and values, all empty
+    assert len(tables) == 6 and all(shape[0] == 0 for shape in tables.values())
 
 
 def test_warmup_records_run_and_leave_no_session(plain, model, vocabulary, tmp_path):
     path = export_model(model, vocabulary, str(tmp_path / "warm"), k=K)
-    loaded = tf.saved_model.load(path)
+    loaded = load(path)
     for record in tf.data.TFRecordDataset(
             os.path.join(path, "assets.extra", "tf_serving_warmup_requests")):
         request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         call(loaded, request.model_spec.signature_name, **inputs)
-    assert int(loaded.session_count()) == 0
+    assert count(loaded) == 0
 
 
 # ---------------------------------------------------------------------- parity
 _FRESH_PROCESS = """
 import json, sys
-import numpy as np, tensorflow as tf
+import numpy as np
+from tf_gru4rec.serving.bundle import SessionBundle
 path, sessions, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-loaded = tf.saved_model.load(path)
-serve = loaded.signatures["serving_default"]
-result = {"count_before": int(loaded.session_count())}
-sids = tf.constant([f"s{i}" for i in range(len(sessions))])
+bundle = SessionBundle(path)
+result = {"count_before": bundle.run("session_count", {})["count"]}
+sids = np.asarray([f"s{i}" for i in range(len(sessions))], dtype=object)
 for t in range(len(sessions[0])):
-    o = serve(session_id=sids, item_id=tf.constant([s[t] for s in sessions]))
-    result[f"ids{t}"] = o["item_ids"].numpy().astype(str)
-    result[f"scores{t}"] = o["scores"].numpy()
-result["count_after"] = int(loaded.session_count())
+    o = bundle.run("serving_default", {"session_id": sids,
+                   "item_id": np.asarray([s[t] for s in sessions], dtype=object)})
+    result[f"ids{t}"] = o["item_ids"].astype(str)
+    result[f"scores{t}"] = o["scores"]
+result["count_after"] = bundle.run("session_count", {})["count"]
 np.savez(out, **result)
 """
 
@@ -258,13 +289,13 @@ def test_unknown_items_and_popular_fallback(plain):
     _, loaded = plain
     popular = ids(np.argsort(-SUPPORT, kind="stable")[:K])
     assert list(popular) != list(ids(range(K)))
-    count = int(loaded.session_count())
+    n_before = count(loaded)
     first = call(loaded, "serving_default", session_id=np.asarray(["u1"], dtype=object),
                  item_id=np.asarray(["not-an-item"], dtype=object))
     assert not first["known"][0]
     np.testing.assert_array_equal(first["item_ids"][0], popular)
     assert (first["scores"] == 0).all()
-    assert int(loaded.session_count()) == count  # no state kept for an unknown first click
+    assert count(loaded) == n_before  # no state kept for an unknown first click
     known = call(loaded, "serving_default", session_id=np.asarray(["u1"], dtype=object),
                  item_id=ids([6]))
     again = call(loaded, "serving_default", session_id=np.asarray(["u1"], dtype=object),
@@ -283,8 +314,8 @@ def test_unknown_items_and_popular_fallback(plain):
 
 def test_explicit_popular_items(model, vocabulary, tmp_path):
     chosen = [str(x) for x in RAW_IDS[[9, 3, 31, 2, 20]]]
-    loaded = tf.saved_model.load(export_model(model, vocabulary, str(tmp_path / "p"), k=K,
-                                              popular_items=chosen, warmup=False))
+    loaded = load(export_model(model, vocabulary, str(tmp_path / "p"), k=K,
+                               popular_items=chosen, warmup=False))
     out = call(loaded, "recommend", session_item_ids=np.asarray([[""]], dtype=object))
     assert list(out["item_ids"][0].astype(str)) == chosen
     with pytest.raises(ValueError, match="popular_items"):
@@ -327,7 +358,7 @@ def test_capacity_bounds_the_session_table(bounded):
     for start in range(0, 600, 12):  # 600 sessions, 20x the capacity
         sids = np.asarray([f"cap-{i}" for i in range(start, start + 12)], dtype=object)
         call(loaded, "serving_default", session_id=sids, item_id=ids(rng.integers(0, N_ITEMS, 12)))
-        assert int(loaded.session_count()) <= 30
+        assert count(loaded) <= 30
     # The most recent sessions are kept: their next click continues the session ...
     recent = call(loaded, "serving_default", session_id=np.asarray(["cap-599"], dtype=object),
                   item_id=ids([5]))
@@ -348,7 +379,7 @@ def test_idle_sessions_start_over_and_are_swept(bounded):
     time.sleep(0.8)  # > session_idle_seconds = 0.6
     call(loaded, "serving_default", session_id=np.asarray(["poke"], dtype=object),
          item_id=ids([1]))  # any request sweeps
-    assert int(loaded.session_count()) == 1  # only "poke" is left
+    assert count(loaded) == 1  # only "poke" is left
     again = call(loaded, "serving_default", session_id=sid, item_id=ids([21]))
     np.testing.assert_array_equal(again["item_ids"], fresh["item_ids"])
 

@@ -10,6 +10,7 @@ base path and renamed into place: TF Serving never sees a partial version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gru4rec.serving_graph import SIGNATURES, WARMUP_SESSION, ServingModule
+from tf_gru4rec.serving_graph import SIGNATURES, WARMUP_SESSION, ServingLimits, ServingModule
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ EXPORT_INFO = "tf_gru4rec.json"
 def export_model(model, vocabulary, base_path: str, version: int | None = None, k: int = 20,
                  exclude_seen: bool = False, session_capacity: int = 100_000,
                  session_idle_seconds: float = 1800.0, popular_items=None, warmup: bool = True,
-                 max_seen: int = 100) -> str:
+                 max_seen: int = 100, limits: ServingLimits | None = None) -> str:
     """Write a new SavedModel version `<base_path>/<version>/` and return its path.
 
     Args:
@@ -51,6 +52,8 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
         when the model has no support.
       warmup: write `assets.extra/tf_serving_warmup_requests`.
       max_seen: items remembered per session for `exclude_seen` in the stateful signature.
+      limits: `ServingLimits` (rows per request, session id bytes, session length, session
+        memory), enforced inside the graph; default `ServingLimits()`.
 
     The version is written to a temporary directory beside `base_path` and renamed into place,
     so a server polling `base_path` never sees a partial version.
@@ -81,14 +84,15 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
             with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(s + "\n" for s in strings))
             module = ServingModule(model, vocab_file, k, popular, exclude_seen, max_seen,
-                                   session_capacity, session_idle_seconds)
+                                   session_capacity, session_idle_seconds, limits)
             write_saved_model(module, staging)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         info = {
             "format": "tf_gru4rec.export/1", "version": version, "k": k,
             "exclude_seen": bool(exclude_seen), "max_seen": max_seen,
-            "session_capacity": session_capacity,
+            "session_capacity": module.session_capacity,
+            "limits": dataclasses.asdict(module.limits),
             "session_idle_seconds": float(session_idle_seconds),
             "layers": list(model.layer_sizes), "state_size": int(sum(model.layer_sizes)),
             "n_items": int(model.n_items), "signatures": list(SIGNATURES),
@@ -154,10 +158,12 @@ def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen
         step_inputs["seen_item_ids"] = np.array([[""]], dtype=object)
     records = [
         request("serving_default", session_id=session, item_id=one),
+        request("click", session_id=session, item_id=one, position=np.array([1], np.int64)),
         request("rank", session_id=session, item_id=one, target_item_id=one),
         request("step", **step_inputs),
         request("recommend", session_item_ids=np.array([["", item_id]], dtype=object)),
         request("lookup", item_id=one),
+        request("session_count"),
         request("end_session", session_id=session),
     ]
     with tf.io.TFRecordWriter(path) as writer:

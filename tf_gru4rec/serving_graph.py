@@ -1,20 +1,27 @@
 """The graph of an exported GRU4Rec: the signatures TensorFlow Serving runs.
 
-`ServingModule` is a `tf.Module` whose methods are `tf.function`s with explicit input
-signatures. Raw item ids are strings in and out; the vocabulary is inside the graph (two static
-hash tables initialised from the asset `assets/items.txt`, one id per line in index order).
-B is the batch size, K the export's `k`, S = sum(layers) the flattened GRU state, H = layers[-1].
+`ServingModule` holds `tf.function`s with explicit input signatures, written out by
+`tf_gru4rec.export` with `keras.export.ExportArchive`. Raw item ids are strings in and out; the
+vocabulary is inside the graph (two static hash tables initialised from the asset
+`assets/items.txt`, one id per line in index order). B is the number of rows of a request, K the
+export's `k`, S = sum(layers) the flattened GRU state, H = layers[-1], T a session length.
 
-Signatures (all inputs and outputs have the batch as their first dimension):
+Signatures (all inputs and outputs have the rows as their first dimension):
 
   serving_default  stateful single step; the server keeps each session's GRU state.
       in:  session_id string [B], item_id string [B]
       out: item_ids string [B, K], scores float32 [B, K], known bool [B]
+  click            serving_default with the click's position in its session (0, 1, 2, ...),
+                   so that a retried request does not click twice: a row is applied unless
+                   the server already has a later position for that session (a retry of the
+                   last click gets the same answer again, from the state it already has).
+      in:  session_id string [B], item_id string [B], position int64 [B]
+      out: item_ids, scores, known as serving_default; applied bool [B]
   end_session      forget sessions.
       in:  session_id string [B]
       out: ended bool [B] (the session had state)
   step             stateless single step; the client keeps the state (start from zeros).
-      in:  item_id string [B], state float32 [B, S]
+      in:  item_id string [B], state float32 [B, S] (finite)
            (+ seen_item_ids string [B, T], "" padded, when exported with exclude_seen)
       out: item_ids string [B, K], scores float32 [B, K], known bool [B], state float32 [B, S]
   recommend        the whole session so far; no state anywhere.
@@ -29,7 +36,10 @@ Signatures (all inputs and outputs have the batch as their first dimension):
            known bool [B]
   lookup           which item ids the model knows.
       in:  item_id string [B]
-      out: known bool [B]
+      out: known bool []
+  session_count    sessions held by the stateful signatures (for monitoring).
+      in:  nothing
+      out: count int64 []
 
 Semantics shared by the three scoring paths (so they give identical recommendations):
   - an unknown item does not advance the state; the recommendation comes from the state so far;
@@ -38,50 +48,86 @@ Semantics shared by the three scoring paths (so they give identical recommendati
   - with `exclude_seen`, items already clicked in the session are never recommended (the
     stateful path remembers the last `max_seen` items of each session).
 
-Session state (serving_default, end_session, rank) lives in `MutableHashTable`s keyed by
-session id, exported empty. Memory is bounded:
+Limits (`ServingLimits`) are checked inside the graph, so TensorFlow Serving enforces them too:
+a request over a limit, inputs whose row counts differ, or a non-finite `state` is refused with
+INVALID_ARGUMENT and a message naming the inputs and the limit, before any state changes.
+
+Session state (serving_default, click, end_session, rank) lives in `MutableHashTable`s keyed by
+session id, exported empty. Memory is bounded in sessions and in bytes:
   - a session idle for more than `session_idle_seconds` starts over from a zero state, and a
     sweep (at most every idle/10 seconds, run inside a request) removes such sessions;
-  - after a request leaves more than `session_capacity` sessions, the least recently used are
-    removed down to 90% of the capacity (so sweeps stay rare), never those of the request
-    unless one request brings more new sessions than that.
-Duplicate session ids in one batch are processed in batch order: the batch is split into rounds
-(the k-th occurrence of an id goes to round k) and each round sees the state the previous one
-wrote. Concurrent requests for the same session race (route a session to one replica and send
-its clicks one after another). TF Serving's batching may pad a batch with copies of its first
-row: never set `allowed_batch_sizes` for this model (serving/batching_parameters.txt does not).
+  - after a request leaves more than the capacity, the least recently used sessions are
+    removed down to 90% of it (so sweeps stay rare), never those of the request unless one
+    request brings more new sessions than that. The capacity is `session_capacity`, lowered
+    so that capacity x `session_bytes_bound()` fits `limits.session_memory_bytes` (session ids
+    are at most `limits.max_id_bytes` long, so every session has a known worst-case size).
+Duplicate session ids in one request are processed in row order: the k-th occurrence of an id
+goes to round k, and each round sees the state the previous one wrote. Finding the rounds sorts
+the rows once (O(B log B)) and each round touches only its own rows, so a request costs time
+and memory linear in its rows (up to the sort). Concurrent requests for the same session race:
+route a session to one replica and send its clicks one after another.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
 WARMUP_SESSION = "__tf_gru4rec_warmup__"
 _LOW_WATER = 0.9
+# Rough bytes of hash-map bookkeeping per entry and table (key string header, value tensor
+# header, bucket); the worst case, not the average.
+_ENTRY_OVERHEAD_BYTES = 160
+
+SIGNATURES = ("serving_default", "click", "end_session", "step", "recommend", "rank", "lookup",
+              "session_count")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingLimits:
+    """Per-request and memory limits of an export, enforced inside the served graph.
+
+    Attributes:
+      max_request_rows: most rows (B) in one request of any signature.
+      max_id_bytes: longest session id, in bytes (item ids are not limited: an unknown id is
+        just unknown).
+      max_session_length: most items (T) in `recommend`'s sessions and `step`'s seen items.
+      session_memory_bytes: budget for the stateful signatures' session tables.
+    """
+
+    max_request_rows: int = 10_000
+    max_id_bytes: int = 256
+    max_session_length: int = 1_000
+    session_memory_bytes: int = 1 << 30
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{field.name}` should be a positive integer. "
+                                 f"Received: {value!r}")
 
 
 class ServingModule(tf.Module):
     """The exported graph; see the module docstring for the signatures.
 
     Args:
-      model: a built `GRU4Rec` (only its `gru`, `item_scores` and `input_embedding` layers are
-        saved; the optimizer and training state are not).
+      model: a built `GRU4Rec` (the variables its inference path reads are what gets saved;
+        the optimizer and training state are not).
       vocab_file: text file of raw item ids (one per line, line i = item index i).
       k: number of recommendations per request.
       popular: int64 [k] item indices of the fallback recommendation.
       exclude_seen, max_seen, session_capacity, session_idle_seconds: see `export_model`.
+      limits: `ServingLimits` (default: its defaults).
     """
 
     def __init__(self, model, vocab_file: str, k: int, popular: np.ndarray,
                  exclude_seen: bool, max_seen: int, session_capacity: int,
-                 session_idle_seconds: float):
+                 session_idle_seconds: float, limits: ServingLimits | None = None):
         super().__init__(name="gru4rec_serving")
-        self._holder = _Untracked(model)  # the layers below are what gets saved
-        self.gru = model.gru
-        self.item_scores = model.item_scores
-        if model.input_embedding is not None:
-            self.input_embedding = model.input_embedding
+        self._holder = _Untracked(model)  # ExportArchive saves the variables the graph reads
         self.layer_sizes = list(model.layer_sizes)
         self.state_size = int(sum(self.layer_sizes))
         self.hidden_size = int(self.layer_sizes[-1])
@@ -89,7 +135,10 @@ class ServingModule(tf.Module):
         self.k = int(k)
         self.exclude_seen = bool(exclude_seen)
         self.max_seen = int(max_seen)
-        self.session_capacity = int(session_capacity)
+        self.limits = limits or ServingLimits()
+        self.session_capacity = effective_capacity(
+            int(session_capacity), self.limits, self.state_size,
+            self.max_seen if self.exclude_seen else 0)
         self.session_idle_seconds = float(session_idle_seconds)
         self.sweep_seconds = self.session_idle_seconds / 10.0
         self.low_water = max(1, int(self.session_capacity * _LOW_WATER))
@@ -106,6 +155,8 @@ class ServingModule(tf.Module):
             tf.string, tf.float32, default_value=tf.zeros([self.state_size]), name="states")
         self.last_seen = tf.lookup.experimental.MutableHashTable(
             tf.string, tf.float64, default_value=-1.0, name="last_seen")
+        self.clicks = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, default_value=0, name="clicks")
         if self.exclude_seen:
             self.seen = tf.lookup.experimental.MutableHashTable(
                 tf.string, tf.int64, default_value=tf.constant([-1] * self.max_seen, tf.int64),
@@ -151,60 +202,110 @@ class ServingModule(tf.Module):
         values = tf.where(fallback, tf.zeros_like(values), values)
         return self.index_to_id.lookup(indices), values
 
-    def _stateful_step(self, session_id, item_id):
-        """Advance the sessions of the batch by one click each (duplicates in order).
+    def _checked(self, session_ids=(), sessions=(), **inputs):
+        """Validate a request's inputs before anything else runs; returns them in order.
 
-        Returns (hidden [B, H], has_state bool [B], known bool [B], seen int64 [B, max_seen]
-        or None). Writes the new states and last-seen times, then evicts if due.
+        `inputs` (name -> tensor, in the order the signature lists them) must all have the same
+        number of rows, at most `max_request_rows`; `session_ids` names those holding session
+        ids (at most `max_id_bytes` each) and `sessions` those of shape [B, T] (T at most
+        `max_session_length`). Float inputs must be finite.
         """
-        _check_batch(session_id=session_id, item_id=item_id)
+        limits = self.limits
+        names = list(inputs)
+        rows = {name: tf.shape(tensor, out_type=tf.int64)[0] for name, tensor in inputs.items()}
+        first = names[0]
+        checks = [_require(rows[first] <= limits.max_request_rows,
+                           f"`{first}` has {{}} rows; this export accepts at most "
+                           f"{limits.max_request_rows} rows per request (export option "
+                           f"max_request_rows)", rows[first])]
+        for name in names[1:]:
+            checks.append(_require(tf.equal(rows[name], rows[first]),
+                                   f"`{name}` has {{}} rows but `{first}` has {{}}: every input "
+                                   f"should have one row per session", rows[name], rows[first]))
+        for name in session_ids:
+            longest = tf.reduce_max(tf.concat(
+                [tf.strings.length(inputs[name]), [0]], axis=0))
+            checks.append(_require(longest <= limits.max_id_bytes,
+                                   f"a `{name}` is {{}} bytes long; this export accepts at most "
+                                   f"{limits.max_id_bytes} bytes (export option max_id_bytes)",
+                                   longest))
+        for name in sessions:
+            length = tf.shape(inputs[name], out_type=tf.int64)[1]
+            checks.append(_require(length <= limits.max_session_length,
+                                   f"`{name}` has {{}} items per row; this export accepts at "
+                                   f"most {limits.max_session_length} (export option "
+                                   f"max_session_length)", length))
+        for name, tensor in inputs.items():
+            if tensor.dtype.is_floating:
+                checks.append(_require(tf.reduce_all(tf.math.is_finite(tensor)),
+                                       f"`{name}` should hold finite numbers only (no NaN or "
+                                       f"infinity)"))
+        with tf.control_dependencies(checks):
+            return [tf.identity(tensor) for tensor in inputs.values()]
+
+    def _stateful_step(self, session_id, item_id, position=None):
+        """Advance the sessions of the request by one click each (duplicates in row order).
+
+        session_id, item_id string [B]; position int64 [B] or None (always apply).
+        Returns (hidden [B, H], has_state bool [B], known bool [B], seen int64 [B, max_seen]
+        or None, applied bool [B]). Writes the new states, click counts and last-seen times,
+        then evicts if due.
+        """
         now = tf.timestamp()
-        batch = tf.shape(session_id)[0]
         item_idx = self._lookup(item_id)
         known = item_idx >= 0
-        # occurrence[i] = how many earlier rows have the same session id -> round of row i.
-        _, codes = tf.unique(session_id)
-        same = tf.equal(codes[:, None], codes[None, :])
-        earlier = tf.linalg.band_part(tf.ones([batch, batch], tf.bool), -1, 0) & ~tf.eye(
-            batch, dtype=tf.bool)
-        occurrence = tf.reduce_sum(tf.cast(same & earlier, tf.int32), axis=1)
-        n_rounds = tf.reduce_max(tf.concat([occurrence, [-1]], axis=0)) + 1
+        occurrence = occurrence_index(session_id)  # (B,) round of each row
+        order = tf.argsort(occurrence, stable=True)  # rows round by round, in row order
+        round_sizes = tf.math.bincount(occurrence)
+        round_starts = tf.cumsum(round_sizes, exclusive=True)
+        n_rounds = tf.size(round_sizes)
+        n_seen = self.max_seen if self.exclude_seen else 1
 
-        hidden = tf.zeros([batch, self.hidden_size])
-        has_state = tf.zeros([batch], tf.bool)
-        seen = tf.fill([batch, self.max_seen if self.exclude_seen else 1],
-                       tf.constant(-1, tf.int64))
-
-        def one_round(r, hidden, has_state, seen):
-            rows = tf.where(tf.equal(occurrence, r))[:, 0]  # (M,) int64
+        def one_round(r, out_hidden, out_has_state, out_seen, out_applied):
+            rows = tf.slice(order, [round_starts[r]], [round_sizes[r]])  # (M,)
             sid = tf.gather(session_id, rows)
             idx = tf.gather(item_idx, rows)
             kn = tf.gather(known, rows)
             last = tf.ensure_shape(self.last_seen.lookup(sid), [None])
             live = (last >= 0.0) & (now - last <= self.session_idle_seconds)
+            clicks = tf.where(live, tf.ensure_shape(self.clicks.lookup(sid), [None]), 0)
+            pos = clicks if position is None else tf.gather(position, rows)
+            applied = ~live | (pos >= clicks)  # a retry of an applied click is not re-applied
             stored = tf.ensure_shape(self.states.lookup(sid), [None, self.state_size])
             state = tf.where(live[:, None], stored, 0.0)  # (M, S)
-            new_hidden, new_state = self._advance(tf.where(kn, idx, 0), state)
-            state_out = tf.where(kn[:, None], new_state, state)
-            h = tf.where(kn[:, None], new_hidden, state[:, -self.hidden_size:])
-            write = kn | live
+            advance = kn & applied
+            new_hidden, new_state = self._advance(tf.where(advance, idx, 0), state)
+            state_out = tf.where(advance[:, None], new_state, state)
+            hidden = tf.where(advance[:, None], new_hidden, state[:, -self.hidden_size:])
+            write = advance | live
             write_sid = tf.boolean_mask(sid, write)
             self.states.insert(write_sid, tf.boolean_mask(state_out, write))
             self.last_seen.insert(write_sid, tf.fill(tf.shape(write_sid), now))
+            self.clicks.insert(write_sid, tf.boolean_mask(tf.where(applied, pos + 1, clicks),
+                                                          write))
+            seen = tf.fill([tf.size(rows), n_seen], tf.constant(-1, tf.int64))
             if self.exclude_seen:
                 stored_seen = tf.ensure_shape(self.seen.lookup(sid), [None, self.max_seen])
                 old = tf.where(live[:, None], stored_seen, tf.constant(-1, tf.int64))
-                new = tf.where(kn[:, None], tf.concat([idx[:, None], old[:, :-1]], axis=1), old)
-                self.seen.insert(write_sid, tf.boolean_mask(new, write))
-                seen = tf.tensor_scatter_nd_update(seen, rows[:, None], new)
-            hidden = tf.tensor_scatter_nd_update(hidden, rows[:, None], h)
-            has_state = tf.tensor_scatter_nd_update(has_state, rows[:, None], write)
-            return r + 1, hidden, has_state, seen
+                seen = tf.where(advance[:, None], tf.concat([idx[:, None], old[:, :-1]], axis=1),
+                                old)
+                self.seen.insert(write_sid, tf.boolean_mask(seen, write))
+            return (r + 1, out_hidden.write(r, hidden), out_has_state.write(r, write),
+                    out_seen.write(r, seen), out_applied.write(r, applied))
 
-        _, hidden, has_state, seen = tf.while_loop(
-            lambda r, *_: r < n_rounds, one_round, (tf.constant(0), hidden, has_state, seen))
-        self._maybe_evict(now)
-        return hidden, has_state, known, (seen if self.exclude_seen else None)
+        def array(dtype, shape):
+            return tf.TensorArray(dtype, size=n_rounds, infer_shape=False, element_shape=shape)
+
+        _, hidden, has_state, seen, applied = tf.while_loop(
+            lambda r, *_: r < n_rounds, one_round,
+            (tf.constant(0), array(tf.float32, [None, self.hidden_size]),
+             array(tf.bool, [None]), array(tf.int64, [None, n_seen]), array(tf.bool, [None])))
+        back = tf.math.invert_permutation(order)  # row i is at position back[i] of the rounds
+        hidden, has_state, seen, applied = (tf.gather(ta.concat(), back)
+                                            for ta in (hidden, has_state, seen, applied))
+        with tf.control_dependencies([hidden]):
+            self._maybe_evict(now)
+        return hidden, has_state, known, (seen if self.exclude_seen else None), applied
 
     def _maybe_evict(self, now):
         due = (self.last_seen.size() > self.session_capacity) | (
@@ -228,6 +329,7 @@ class ServingModule(tf.Module):
     def _remove(self, session_id):
         self.states.remove(session_id)
         self.last_seen.remove(session_id)
+        self.clicks.remove(session_id)
         if self.exclude_seen:
             self.seen.remove(session_id)
 
@@ -236,18 +338,37 @@ class ServingModule(tf.Module):
         string_batch = tf.TensorSpec([None], tf.string)
 
         def serving_default(session_id, item_id):
-            hidden, has_state, known, seen = self._stateful_step(session_id, item_id)
+            session_id, item_id = self._checked(("session_id",), session_id=session_id,
+                                                item_id=item_id)
+            hidden, has_state, known, seen, _ = self._stateful_step(session_id, item_id)
             item_ids, scores = self._top_k(hidden, ~has_state, seen)
             return {"item_ids": item_ids, "scores": scores, "known": known}
 
+        def click(session_id, item_id, position):
+            session_id, item_id, position = self._checked(
+                ("session_id",), session_id=session_id, item_id=item_id, position=position)
+            checked = _require(tf.reduce_all(position >= 0),
+                               "`position` should be the click's 0-based index in its session "
+                               "(non-negative)")
+            with tf.control_dependencies([checked]):
+                position = tf.identity(position)
+            hidden, has_state, known, seen, applied = self._stateful_step(
+                session_id, item_id, position)
+            item_ids, scores = self._top_k(hidden, ~has_state, seen)
+            return {"item_ids": item_ids, "scores": scores, "known": known, "applied": applied}
+
         def end_session(session_id):
+            (session_id,) = self._checked(("session_id",), session_id=session_id)
             ended = tf.ensure_shape(self.last_seen.lookup(session_id), [None]) >= 0.0
-            self._remove(session_id)
+            with tf.control_dependencies([ended]):
+                self._remove(session_id)
             return {"ended": ended}
 
         def rank(session_id, item_id, target_item_id):
-            _check_batch(session_id=session_id, target_item_id=target_item_id)
-            hidden, _, known, _ = self._stateful_step(session_id, item_id)
+            session_id, item_id, target_item_id = self._checked(
+                ("session_id",), session_id=session_id, item_id=item_id,
+                target_item_id=target_item_id)
+            hidden, _, known, _, _ = self._stateful_step(session_id, item_id)
             scores = self._model.score_all(hidden)  # (B, n_items)
             target = self._lookup(target_item_id)
             target_known = target >= 0
@@ -260,8 +381,12 @@ class ServingModule(tf.Module):
                     "n_ties": tf.where(target_known, n_ties, minus_one), "known": known}
 
         def step(item_id, state, seen_item_ids=None):
-            _check_batch(item_id=item_id, state=state, **(
-                {} if seen_item_ids is None else {"seen_item_ids": seen_item_ids}))
+            inputs = {"item_id": item_id, "state": state}
+            if seen_item_ids is not None:
+                inputs["seen_item_ids"] = seen_item_ids
+            checked = self._checked(sessions=("seen_item_ids",) if seen_item_ids is not None
+                                    else (), **inputs)
+            item_id, state = checked[:2]
             item_idx = self._lookup(item_id)
             known = item_idx >= 0
             has_state = tf.reduce_any(tf.not_equal(state, 0.0), axis=1)
@@ -271,11 +396,13 @@ class ServingModule(tf.Module):
             seen = None
             if seen_item_ids is not None:
                 seen = tf.concat([tf.where(known, item_idx, -1)[:, None],
-                                  self._lookup(seen_item_ids)], axis=1)
+                                  self._lookup(checked[2])], axis=1)
             item_ids, scores = self._top_k(hidden, ~(known | has_state), seen)
             return {"item_ids": item_ids, "scores": scores, "known": known, "state": state_out}
 
         def recommend(session_item_ids):
+            (session_item_ids,) = self._checked(sessions=("session_item_ids",),
+                                                session_item_ids=session_item_ids)
             item_idx = self._lookup(session_item_ids)  # (B, T)
             known = item_idx >= 0
             state = tf.zeros([tf.shape(item_idx)[0], self.state_size])
@@ -293,6 +420,7 @@ class ServingModule(tf.Module):
             return {"item_ids": item_ids, "scores": scores, "known": any_known}
 
         def lookup(item_id):
+            (item_id,) = self._checked(item_id=item_id)
             return {"known": self._lookup(item_id) >= 0}
 
         def session_count():
@@ -306,6 +434,8 @@ class ServingModule(tf.Module):
             step = _without_seen(step)
         self.serving_default = tf.function(serving_default, autograph=False,
                                            input_signature=[string_batch, string_batch])
+        self.click = tf.function(click, autograph=False, input_signature=[
+            string_batch, string_batch, tf.TensorSpec([None], tf.int64)])
         self.end_session = tf.function(end_session, autograph=False, input_signature=[string_batch])
         self.rank = tf.function(rank, autograph=False, input_signature=[string_batch] * 3)
         self.step = tf.function(step, autograph=False, input_signature=step_specs)
@@ -314,18 +444,43 @@ class ServingModule(tf.Module):
         self.lookup = tf.function(lookup, autograph=False, input_signature=[string_batch])
         self.session_count = tf.function(session_count, autograph=False, input_signature=[])
 
-    def signatures(self) -> dict:
-        """Signature name -> concrete function, for `tf.saved_model.save`."""
-        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+def occurrence_index(keys):
+    """For each row, how many earlier rows have the same key: keys [B] -> int32 [B].
+
+    One `tf.unique` (hashing) and one stable sort: O(B log B) time and O(B) memory.
+    """
+    _, codes = tf.unique(keys)  # first-appearance codes 0..U-1
+    order = tf.argsort(codes, stable=True)  # rows grouped by key, row order within a group
+    sorted_codes = tf.gather(codes, order)
+    group_start = tf.cumsum(tf.math.bincount(codes), exclusive=True)  # (U,)
+    rank_in_group = tf.range(tf.size(codes)) - tf.gather(group_start, sorted_codes)
+    return tf.scatter_nd(order[:, None], rank_in_group, tf.shape(codes))
 
 
-def _check_batch(**tensors):
-    """Fail with InvalidArgument unless all tensors have the same batch size (dimension 0)."""
-    (first_name, first), *others = tensors.items()
-    for name, tensor in others:
-        tf.debugging.assert_equal(
-            tf.shape(tensor)[0], tf.shape(first)[0],
-            message=f"`{name}` and `{first_name}` should have the same batch size")
+def session_bytes_bound(limits: ServingLimits, state_size: int, max_seen: int) -> int:
+    """Worst-case bytes one session holds in the stateful tables (ids at their longest)."""
+    tables = 4 if max_seen else 3  # states, last_seen, clicks (+ seen)
+    return int(tables * (limits.max_id_bytes + _ENTRY_OVERHEAD_BYTES)
+               + 4 * state_size + 8 + 8 + 8 * max_seen)
+
+
+def effective_capacity(session_capacity: int, limits: ServingLimits, state_size: int,
+                       max_seen: int) -> int:
+    """The session capacity, lowered so that its worst case fits the memory budget."""
+    by_memory = limits.session_memory_bytes // session_bytes_bound(limits, state_size, max_seen)
+    if by_memory < 1:
+        raise ValueError(f"`session_memory_bytes` ({limits.session_memory_bytes}) is smaller "
+                         f"than one session's worst case "
+                         f"({session_bytes_bound(limits, state_size, max_seen)} bytes)")
+    return int(min(session_capacity, by_memory))
+
+
+def _require(condition, template: str, *values):
+    """An assertion that fails with InvalidArgument and `template` formatted with `values`
+    (each `{}` in the template takes one value)."""
+    message = tf.strings.format(template, values) if values else template
+    return tf.debugging.Assert(condition, [message], name="check")
 
 
 class _Untracked:
@@ -338,14 +493,8 @@ class _Untracked:
         self.value = value
 
 
-SIGNATURES = ("serving_default", "end_session", "step", "recommend", "rank", "lookup",
-              "session_count")
-
-
 def _without_seen(step):
     def step_without_seen(item_id, state):
         return step(item_id, state)
 
     return step_without_seen
-
-
