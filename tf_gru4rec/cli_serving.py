@@ -14,6 +14,7 @@ logger = logging.getLogger("tf_gru4rec")
 def cmd_export(args) -> int:
     from tf_gru4rec.cli import _json_out
     from tf_gru4rec.export import export_model
+    from tf_gru4rec.serving_graph import ServingLimits
     from tf_gru4rec.training import load_model_dir
 
     trained = load_model_dir(args.model)
@@ -22,7 +23,11 @@ def cmd_export(args) -> int:
             trained.model, trained.vocabulary, args.base, version=args.version, k=args.k,
             exclude_seen=args.exclude_seen, session_capacity=args.session_capacity,
             session_idle_seconds=args.session_idle_seconds, max_seen=args.max_seen,
-            popular_items=args.popular_items, warmup=not args.no_warmup)
+            popular_items=args.popular_items, warmup=not args.no_warmup,
+            limits=ServingLimits(max_request_rows=args.max_request_rows,
+                                 max_id_bytes=args.max_id_bytes,
+                                 max_session_length=args.max_session_length,
+                                 session_memory_bytes=args.session_memory_mb << 20))
     except FileExistsError as error:
         logger.error("%s", error)
         return 2
@@ -92,6 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--popular-items", type=_popular,
                    help="comma-separated fallback item ids, most popular first "
                         "(default: by training counts)")
+    p.add_argument("--max-request-rows", type=int, default=10_000,
+                   help="most rows in one request (checked inside the graph)")
+    p.add_argument("--max-id-bytes", type=int, default=256,
+                   help="longest session id in bytes (checked inside the graph)")
+    p.add_argument("--max-session-length", type=int, default=1000,
+                   help="most items per session in `recommend` and `step`'s seen items")
+    p.add_argument("--session-memory-mb", type=int, default=1024,
+                   help="memory budget of the session tables; lowers --session-capacity to "
+                        "fit the worst case")
     p.add_argument("--no-warmup", action="store_true", help="write no warmup requests")
     p.set_defaults(func=cmd_export)
 

@@ -297,17 +297,20 @@ class DevServer:
       max_workers: gRPC worker threads.
       poll_seconds: look for new versions this often (None: load once).
       warmup: run the warmup records of each version when loading it.
+      rest_timeout: socket timeout of each REST connection, in seconds.
     """
 
     def __init__(self, base_path: str, model_name: str = "gru4rec", host: str = "127.0.0.1",
                  port: int = 8500, rest_port: int | None = None, max_workers: int = 8,
-                 poll_seconds: float | None = None, warmup: bool = True):
+                 poll_seconds: float | None = None, warmup: bool = True,
+                 rest_timeout: float = 30.0):
         self.manager = ModelManager(base_path, model_name, warmup=warmup)
         self.host = host
         self.port = port
         self.rest_port = rest_port
         self.max_workers = int(max_workers)
         self.poll_seconds = poll_seconds
+        self.rest_timeout = float(rest_timeout)
         self._grpc = None
         self._http = None
         self._threads: list[threading.Thread] = []
@@ -331,7 +334,8 @@ class DevServer:
         self.port = bound
         self._grpc.start()
         if self.rest_port is not None:
-            self._http = make_http_server(self.manager, self.host, self.rest_port)
+            self._http = make_http_server(self.manager, self.host, self.rest_port,
+                                          self.rest_timeout)
             self.rest_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "rest")
         if self.poll_seconds:

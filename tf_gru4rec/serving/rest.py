@@ -50,17 +50,19 @@ class HttpError(Exception):
         self.message = message
 
 
-def make_http_server(manager: ModelManager, host: str, port: int):
-    """A threading HTTP server (not started) answering the REST API for `manager`'s model."""
-    server = http.server.ThreadingHTTPServer((host, port), _make_handler(manager))
+def make_http_server(manager: ModelManager, host: str, port: int,
+                     timeout: float = SOCKET_TIMEOUT_SECONDS):
+    """A threading HTTP server (not started) answering the REST API for `manager`'s model;
+    `timeout` is the socket timeout of each connection, in seconds."""
+    server = http.server.ThreadingHTTPServer((host, port), _make_handler(manager, timeout))
     server.daemon_threads = True
     return server
 
 
-def _make_handler(manager: ModelManager):
+def _make_handler(manager: ModelManager, socket_timeout: float):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        timeout = SOCKET_TIMEOUT_SECONDS  # socket timeout for every read and write
+        timeout = socket_timeout  # for every read and write of the connection
 
         def log_message(self, fmt, *args):
             logger.debug("rest: " + fmt, *args)
@@ -94,13 +96,17 @@ def _make_handler(manager: ModelManager):
                                f"Malformed request: {method} {self.path[:200]}")
 
         def _body(self) -> dict:
+            self.body_read = True
             return parse_body(self.headers.get("Content-Length"), self.rfile.read)
 
         def _handle(self, method: str):
+            self.body_read = False
             try:
                 self._send(200, self._route(method))
             except RequestError as error:
-                self._send(_HTTP_OF.get(error.code, 500), {"error": error.message})
+                # A body left unread would be taken for the next request: close instead.
+                self._send(_HTTP_OF.get(error.code, 500), {"error": error.message},
+                           close=method == "POST" and not self.body_read)
             except HttpError as error:  # the body was not read: do not reuse the connection
                 self._send(error.status, {"error": error.message}, close=True)
             except TimeoutError:
