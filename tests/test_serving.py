@@ -173,10 +173,20 @@ def test_grpc_round_trip_matches_keras(client, model, server):
     assert client.end_sessions(["rt", "never-seen"]).tolist() == [True, False]
 
 
+def test_clicks_with_positions_are_retry_safe_over_grpc_and_rest(client, server):
+    rest = RestClient(f"http://127.0.0.1:{server.rest_port}", "gru4rec", timeout=10)
+    for name, c in (("grpc", client), ("rest", rest)):
+        first = c.click([f"pos-{name}"], ids([3]), positions=[0])
+        retry = c.click([f"pos-{name}"], ids([3]), positions=[0])
+        assert first["applied"].tolist() == [True] and retry["applied"].tolist() == [False]
+        np.testing.assert_array_equal(first["item_ids"], retry["item_ids"])
+        assert c.click([f"pos-{name}"], ids([4]), positions=[1])["applied"].tolist() == [True]
+
+
 def test_metadata_and_status(client):
     metadata = client.metadata()
     assert set(metadata) == {"serving_default", "end_session", "step", "recommend", "rank",
-                             "lookup", "session_count"}
+                             "lookup", "session_count", "click"}
     assert metadata["serving_default"]["inputs"] == {"session_id": ("string", (-1,)),
                                                      "item_id": ("string", (-1,))}
     assert metadata["step"]["inputs"]["state"] == ("float32", (-1, UNITS))

@@ -163,11 +163,18 @@ class PredictionClient:
         return {name: from_tensor_proto(t) for name, t in response.outputs.items()}
 
     def click(self, session_ids: Sequence[str], item_ids: Sequence[str],
-              timeout: float | None = None) -> dict:
-        """Stateful step (`serving_default`): one click per session -> item_ids [B, K],
-        scores [B, K], known [B]."""
-        return self.predict({"session_id": _strings(session_ids), "item_id": _strings(item_ids)},
-                            timeout=timeout)
+              positions: Sequence[int] | None = None, timeout: float | None = None) -> dict:
+        """Stateful step: one click per session -> item_ids [B, K], scores [B, K], known [B].
+
+        With `positions` (each click's 0-based index in its session) the `click` signature is
+        used, which never applies a retried click twice (and adds `applied` [B]); without,
+        `serving_default`.
+        """
+        inputs = {"session_id": _strings(session_ids), "item_id": _strings(item_ids)}
+        if positions is None:
+            return self.predict(inputs, timeout=timeout)
+        inputs["position"] = np.asarray(positions, dtype=np.int64)
+        return self.predict(inputs, "click", timeout=timeout)
 
     def end_sessions(self, session_ids: Sequence[str], timeout: float | None = None):
         """Forget sessions on the server -> ended bool [B] (the session had state)."""
@@ -303,9 +310,12 @@ class RestClient:
             return {"output": np.asarray(outputs)}
         return {k: _json_array(v) for k, v in outputs.items()}
 
-    def click(self, session_ids, item_ids, timeout: float | None = None) -> dict:
-        return self.predict({"session_id": list(map(str, session_ids)),
-                             "item_id": list(map(str, item_ids))}, timeout=timeout)
+    def click(self, session_ids, item_ids, positions=None, timeout: float | None = None) -> dict:
+        inputs = {"session_id": list(map(str, session_ids)), "item_id": list(map(str, item_ids))}
+        if positions is None:
+            return self.predict(inputs, timeout=timeout)
+        inputs["position"] = [int(p) for p in positions]
+        return self.predict(inputs, "click", timeout=timeout)
 
     def status(self, timeout: float | None = None) -> list[dict]:
         """`GET /v1/models/<name>`: [{"version", "state", "error_code", "error_message"}]."""
