@@ -158,7 +158,7 @@ def test_layout_assets_and_warmup(plain, model, vocabulary):
                tf.data.TFRecordDataset(os.path.join(path, "assets.extra",
                                                     "tf_serving_warmup_requests"))]
     names = [r.predict_log.request.model_spec.signature_name for r in records]
-    assert set(names) == set(EXPECTED) and names[-1] == "end_session"
+    assert set(names) == set(EXPECTED) - {"session_count"} and names[-1] == "end_session"
     assert 0 < len(records) <= 1000
     # Only the inference weights and the (empty) session tables are saved: no optimizer state.
     saved = dict(tf.train.list_variables(os.path.join(path, "variables", "variables")))

@@ -51,7 +51,7 @@ def exported(request, tmp_path_factory):
                         str(tmp_path_factory.mktemp(request.param) / "gru4rec"), k=K,
                         exclude_seen=exclude_seen, max_seen=10)
     bundle = SessionBundle(path)  # TF Serving's loader; warmup replayed as TF Serving does
-    assert bundle.warmup() == 8
+    assert bundle.warmup() == 7
     yield model, bundle, exclude_seen, path
     bundle.close()
 

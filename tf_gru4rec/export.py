@@ -136,7 +136,8 @@ def next_version(base_path: str) -> int:
 
 def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen: bool,
                           model_name: str = "") -> int:
-    """Write PredictionLog warmup records exercising every signature once (batch 1).
+    """Write PredictionLog warmup records exercising every signature once (batch 1), except
+    `session_count`, which has no inputs (a request TF Serving's warmup need not accept).
 
     The stateful requests use a reserved session id that the last record ends, so warmup
     leaves no session behind. Returns the number of records.
@@ -163,7 +164,6 @@ def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen
         request("step", **step_inputs),
         request("recommend", session_item_ids=np.array([["", item_id]], dtype=object)),
         request("lookup", item_id=one),
-        request("session_count"),
         request("end_session", session_id=session),
     ]
     with tf.io.TFRecordWriter(path) as writer:
