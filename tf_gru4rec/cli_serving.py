@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 logger = logging.getLogger("tf_gru4rec")
 
 
 def cmd_export(args) -> int:
     from tf_gru4rec.cli import _json_out
+
+    if args.version is not None and os.path.lexists(os.path.join(args.base, str(args.version))):
+        # before loading TensorFlow; export_model checks again when it renames
+        logger.error("Version %s already exists in %s: give another --version, or none for the "
+                     "next free one", args.version, os.path.abspath(args.base))
+        return 2
     from tf_gru4rec.export import export_model
     from tf_gru4rec.training import load_model_dir
 
@@ -23,8 +30,11 @@ def cmd_export(args) -> int:
             exclude_seen=args.exclude_seen, session_capacity=args.session_capacity,
             session_idle_seconds=args.session_idle_seconds, max_seen=args.max_seen,
             popular_items=args.popular_items, warmup=not args.no_warmup)
-    except FileExistsError as error:
+    except FileExistsError as error:  # an explicit --version that exists
         logger.error("%s", error)
+        return 2
+    except OSError as error:  # e.g. a base path that is read-only, or a full disk
+        logger.error("cannot export to %s: %s", args.base, error)
         return 2
     _json_out({"export": path, "k": args.k, "exclude_seen": args.exclude_seen})
     return 0
