@@ -1,11 +1,12 @@
 """Tests for how `export_model` puts versions on disk (staging inside the base path, permissions,
-fsync, concurrent and killed exports, leftovers). The exports run for real, several of them in
-subprocesses."""
+fsync, concurrent and killed exports, leftovers) and for the published ports of the container
+files in `serving/`. The exports run for real, several of them in subprocesses."""
 
 import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -327,3 +328,56 @@ def test_leftover_rules(tmp_path, caplog):
     assert set(os.listdir(base)) == kept
     assert caplog.text.count("left by an interrupted export") == len(removed)
     assert f"process {dead.pid} is gone" in caplog.text and "h old" in caplog.text
+
+
+# ---------------------------------------------------------------------- serving/ defaults
+def _compose_ports(text: str) -> list[str]:
+    """The short-syntax entries of every `ports:` list in a compose file."""
+    ports, indent = [], None
+    for line in text.splitlines():
+        stripped = line.strip()
+        depth = len(line) - len(line.lstrip())
+        if stripped == "ports:":
+            indent = depth
+        elif indent is not None and stripped and depth <= indent:
+            indent = None
+        elif indent is not None and stripped.startswith("-"):
+            entry = re.sub(r"\s+#.*", "", stripped[1:]).strip()  # drop a trailing comment
+            ports.append(entry.strip("\"'"))
+    return ports
+
+
+def _docker_run_publish(text: str) -> list[str]:
+    """The `-p` / `--publish` values of every `docker run` command in a Markdown file."""
+    commands = re.sub(r"\\\n", " ", text)  # join continued lines
+    published = []
+    for command in re.findall(r"docker run [^\n]*", commands):
+        assert not re.search(r"\s(-P|--publish-all)\b", command), command
+        published += re.findall(r"\s(?:-p|--publish)[ =](\S+)", command)
+    return published
+
+
+def _host_ip(mapping: str) -> str:
+    """The host address of a port mapping once `${VAR:-default}` takes its default."""
+    mapping = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", mapping)
+    parts = mapping.rsplit(":", 2)
+    return parts[0] if len(parts) == 3 else "0.0.0.0"  # HOST:CONTAINER binds every interface
+
+
+def test_published_ports_bind_loopback_by_default():
+    with open(os.path.join(REPO, "serving", "docker-compose.yml")) as f:
+        compose = f.read()
+    ports = _compose_ports(compose)
+    assert len(ports) == 4  # gRPC and REST, GPU and CPU profile
+    assert all(_host_ip(p) == "127.0.0.1" for p in ports), ports
+    assert all(p.startswith("${GRU4REC_BIND:-127.0.0.1}:") for p in ports), ports
+    examples = 0
+    for name in ("serving/README.md", "README.md"):
+        with open(os.path.join(REPO, name)) as f:
+            published = _docker_run_publish(f.read())
+        assert all(_host_ip(p) == "127.0.0.1" for p in published), (name, published)
+        examples += len(published)
+    assert examples >= 4
+    assert _host_ip("8500:8500") == "0.0.0.0" and _host_ip("127.0.0.1:8500:8500") == "127.0.0.1"
+    assert _docker_run_publish("docker run --rm -p 1:1 \\\n  -p 2.2.2.2:2:2 img") == [
+        "1:1", "2.2.2.2:2:2"]
