@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 logger = logging.getLogger("tf_gru4rec")
 
 
 def cmd_export(args) -> int:
     from tf_gru4rec.cli import _json_out
+
+    if args.version is not None and os.path.lexists(os.path.join(args.base, str(args.version))):
+        # before loading TensorFlow; export_model checks again when it renames
+        logger.error("Version %s already exists in %s: give another --version, or none for the "
+                     "next free one", args.version, os.path.abspath(args.base))
+        return 2
     from tf_gru4rec.export import export_model
     from tf_gru4rec.serving_graph import ServingLimits
     from tf_gru4rec.training import load_model_dir
@@ -28,8 +35,14 @@ def cmd_export(args) -> int:
                                  max_id_bytes=args.max_id_bytes,
                                  max_session_length=args.max_session_length,
                                  session_memory_bytes=args.session_memory_mb << 20))
-    except FileExistsError as error:
+    except FileExistsError as error:  # an explicit --version that exists
         logger.error("%s", error)
+        return 2
+    except ValueError as error:  # an option out of range (k, limits, popular items, ...)
+        logger.error("cannot export: %s", error)
+        return 2
+    except OSError as error:  # e.g. a base path that is read-only, or a full disk
+        logger.error("cannot export to %s: %s", args.base, error)
         return 2
     _json_out({"export": path, "k": args.k, "exclude_seen": args.exclude_seen})
     return 0
