@@ -95,16 +95,16 @@ def cmd_train(args) -> int:
             raise ValueError("--tensorboard needs the tensorboard package: pip install "
                              "tensorboard (or tf-gru4rec[research])")
         callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
-    if args.backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
     if args.log_json:
         callbacks.append(_JsonLines(args.log_json))
-    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model)
+    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model,
+                   backup_dir=args.backup_dir, backup_every=args.backup_every)
     save_model_dir(args.out, result.model, vocabulary, config)
     metrics = {
         "train_seconds": result.train_seconds,
         "train_events": result.train_events,
         "train_events_per_second": result.events_per_second,
+        "train_resumes": result.resumes,
         "final_loss": float(result.history["loss"][-1]) if result.history.get("loss") else None,
         "n_items": len(vocabulary),
     }
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", metavar="MODEL_DIR",
                    help="continue from a trained model; new items are appended to its vocabulary")
     p.add_argument("--backup-dir", help="checkpoint each epoch here; a rerun resumes from it")
+    p.add_argument("--backup-every", type=int, default=0, metavar="STEPS",
+                   help="with --backup-dir, also checkpoint every STEPS training steps "
+                        "(rounded up to whole blocks of steps_per_execution)")
     p.add_argument("--log-json", help="append one JSON line of training logs per epoch")
     p.add_argument("--valid", help="validation click log: Recall@K / MRR@K after each epoch "
                                    "(val_recall@20, ... in the logs, TensorBoard and --log-json)")
