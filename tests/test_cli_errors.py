@@ -87,6 +87,8 @@ CASES = [
     ("verbose 5", lambda d: train(d, "--verbose", "5"), ["--verbose", "auto"]),
     ("backup-every without dir", lambda d: train(d, "--backup-every", "50"),
      ["--backup-every", "--backup-dir"]),
+    ("backup dir inside out", lambda d: train(d, "--backup-dir", str(d / "out" / "b")),
+     ["--backup-dir", "outside"]),
     ("early stopping without valid", lambda d: train(d, "--early-stopping", "2"),
      ["--valid"]),
     ("train missing", lambda d: ["train", "--train", str(d / "nope.tsv"), "--out",

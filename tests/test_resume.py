@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.resume import LATEST
 from tf_gru4rec.training import train
 
@@ -35,6 +36,14 @@ class CrashAt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
+@pytest.fixture(scope="module")
+def small_log(synthetic_log):
+    """The first 400 sessions of the synthetic log (~40 blocks of 4 steps per epoch)."""
+    _, vocab, events = synthetic_log
+    first = events["SessionId"].drop_duplicates().iloc[:400]
+    return SessionLog.from_events(events[events["SessionId"].isin(first)], vocab)
+
+
 def assert_same_run(reference, resumed):
     for want, got in zip(reference.model.weights, resumed.model.weights, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, err_msg=got.path)
@@ -46,8 +55,8 @@ def assert_same_run(reference, resumed):
     assert resumed.train_events == reference.train_events
 
 
-def test_resumed_run_equals_uninterrupted_run(synthetic_log, tmp_path):
-    log = synthetic_log[0]
+def test_resumed_run_equals_uninterrupted_run(small_log, tmp_path):
+    log = small_log
     reference = train(CONFIG, log, verbose=0)
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
@@ -58,8 +67,8 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_log, tmp_path):
     assert not os.path.exists(backup)  # removed once training finished
 
 
-def test_mid_epoch_resume_with_dropout_equals_uninterrupted_run(synthetic_log, tmp_path):
-    log = synthetic_log[0]
+def test_mid_epoch_resume_with_dropout_equals_uninterrupted_run(small_log, tmp_path):
+    log = small_log
     reference = train(DROPOUT, log, verbose=0)
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):  # backups after blocks 1 and 3 of epoch 2
@@ -72,8 +81,8 @@ def test_mid_epoch_resume_with_dropout_equals_uninterrupted_run(synthetic_log, t
     assert len(resumed.history["loss"]) == 2
 
 
-def test_backup_of_another_run_is_refused(synthetic_log, tmp_path):
-    log = synthetic_log[0]
+def test_backup_of_another_run_is_refused(small_log, tmp_path):
+    log = small_log
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         train(CONFIG, log, callbacks=[CrashAt(1)], verbose=0, backup_dir=backup)

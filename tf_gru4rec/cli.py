@@ -128,6 +128,10 @@ def _check_train_paths(args) -> None:
         check_model_dir(args.warm_start, "--warm-start")
     if args.backup_dir:
         check_output_dir(args.backup_dir, "--backup-dir")
+        out, backup = os.path.abspath(args.out), os.path.abspath(args.backup_dir)
+        if os.path.commonpath([out, backup]) == out:
+            raise ValueError(f"--backup-dir {args.backup_dir!r} is inside --out; expected a "
+                             "directory outside it (--out is replaced as a whole)")
     elif args.backup_every:
         raise ValueError("--backup-every needs --backup-dir")
     if args.log_json:
