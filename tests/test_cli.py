@@ -40,16 +40,18 @@ def test_train_writes_model_and_metrics_and_evaluate_agrees(files, tmp_path, cap
     assert again["mrr@20"] == pytest.approx(metrics["mrr@20"])
 
 
-def test_bad_parameter_and_missing_file_give_clear_errors(files, tmp_path, caplog):
+def test_bad_parameter_and_missing_file_give_clear_errors(files, tmp_path, capsys):
+    # More cases in test_cli_errors.py.
     assert main(["train", "--train", str(files / "train.tsv"), "--out", str(tmp_path / "m"),
                  "--set", "learning_rate=fast"]) == 2
-    assert "learning_rate" in caplog.text and "fast" in caplog.text
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "fast" in err
     assert main(["train", "--train", str(tmp_path / "none.tsv"), "--out",
                  str(tmp_path / "m")]) == 2
-    assert "none.tsv" in caplog.text
+    assert "none.tsv" in capsys.readouterr().err
     assert main(["train", "--train", str(files / "train.tsv"), "--out", str(tmp_path / "m"),
                  "--preset", "nope"]) == 2
-    assert "rsc15-xe" in caplog.text  # the known presets are listed
+    assert "rsc15-xe" in capsys.readouterr().err  # the known presets are listed
 
 
 def test_demo_runs_every_stage(tmp_path, capsys):

@@ -10,59 +10,159 @@ import logging
 import os
 import sys
 
+from tf_gru4rec import cli_types as types
+
 logger = logging.getLogger("tf_gru4rec")
 
 
 def _add_read_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("click-log format")
     group.add_argument("--format", default="auto",
+                       choices=("auto", "tsv", "csv", "parquet", "yoochoose"),
                        help="auto, tsv, csv, parquet or yoochoose (default: by file name)")
     group.add_argument("--session-col", default="SessionId")
     group.add_argument("--item-col", default="ItemId")
     group.add_argument("--time-col", default="Time")
 
 
-def _read(path: str, args):
+def _read(path: str, args, option: str):
     from tf_gru4rec.data.io import read_events
+    from tf_gru4rec.paths import check_input_file
 
+    check_input_file(path, option)
     return read_events(path, session_col=args.session_col, item_col=args.item_col,
                        time_col=args.time_col, fmt=args.format)
 
 
-def _test_log(path: str, args, vocabulary):
-    """Test events restricted to the model's items, then sessions with >= 2 events."""
+def _train_log(events, vocabulary, option: str, path: str):
+    """The training sessions; an error if no session has a next event to train on."""
+    from tf_gru4rec.data.session_log import SessionLog
+
+    log = SessionLog.from_events(events, vocabulary)
+    if log.n_predictions == 0:
+        raise ValueError(f"{option} {path!r}: every session has a single event, nothing to "
+                         "train on; expected sessions of 2 or more clicks")
+    return log
+
+
+def _test_log(path: str, args, vocabulary, option: str = "--test"):
+    """Test events restricted to the model's items, then sessions with >= 2 events; an error
+    if nothing is left to evaluate."""
     from tf_gru4rec.data.io import ITEM
     from tf_gru4rec.data.preprocess import drop_short_sessions
     from tf_gru4rec.data.session_log import SessionLog
 
-    events = _read(path, args)
+    events = _read(path, args, option)
     known = vocabulary.lookup(events[ITEM].to_numpy()) >= 0
     if (~known).any():
         logger.info("test: dropping %d events of items unknown to the model", (~known).sum())
-    events = drop_short_sessions(events[known], 2)
-    return SessionLog.from_events(events, vocabulary)
+    kept = drop_short_sessions(events[known], 2)
+    if len(kept) == 0:
+        raise ValueError(
+            f"{option} {path!r}: nothing to evaluate ({(~known).sum()} of {len(events)} events "
+            "are of items unknown to the model); expected sessions of 2 or more clicks on "
+            "items of the training log")
+    return SessionLog.from_events(kept, vocabulary)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as a dict."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set loss=bpr-max")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _preset(value: str):
+    """--preset: a preset name or a JSON file of parameters, as a TrainConfig."""
+    from tf_gru4rec.config import load_preset
+    from tf_gru4rec.paths import check_input_file
+
+    expected = "a preset name or a JSON file of parameters"
+    if os.path.exists(value) or value.endswith(".json"):
+        check_input_file(value, "--preset", expected)
+        try:
+            with open(value) as f:
+                values = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"--preset {value!r} is not valid JSON ({error}); expected "
+                             f"{expected}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"--preset {value!r} holds a {type(values).__name__}; expected "
+                             "a JSON object of parameters")
+    return load_preset(value)
+
+
+def _config(args, overrides: dict):
+    """The run's TrainConfig: preset (or defaults), then --set overrides, range-checked."""
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.config_checks import check_config
+
+    config = _preset(args.preset) if args.preset else TrainConfig()
+    config = config.with_overrides(overrides)
+    check_config(config)
+    return config
 
 
 def _json_out(result: dict) -> None:
     sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
+def _check_train_paths(args) -> None:
+    from tf_gru4rec.paths import (
+        check_input_file,
+        check_model_dir,
+        check_output_dir,
+        check_output_file,
+    )
+
+    check_output_dir(args.out, "--out", replaceable=True)
+    check_input_file(args.train, "--train")
+    for option, path in (("--test", args.test), ("--valid", args.valid)):
+        if path:
+            check_input_file(path, option)
+    if args.warm_start:
+        check_model_dir(args.warm_start, "--warm-start")
+    if args.backup_dir:
+        check_output_dir(args.backup_dir, "--backup-dir")
+        out, backup = os.path.abspath(args.out), os.path.abspath(args.backup_dir)
+        if os.path.commonpath([out, backup]) == out:
+            raise ValueError(f"--backup-dir {args.backup_dir!r} is inside --out; expected a "
+                             "directory outside it (--out is replaced as a whole)")
+    elif args.backup_every:
+        raise ValueError("--backup-every needs --backup-dir")
+    if args.log_json:
+        check_output_file(args.log_json, "--log-json")
+    if args.tensorboard:
+        check_output_dir(args.tensorboard, "--tensorboard")
+    if args.early_stopping is not None and not args.valid:
+        raise ValueError("--early-stopping monitors val_recall@20: give a --valid click log")
+
+
 def cmd_train(args) -> int:
-    import keras
-
-    from tf_gru4rec.config import TrainConfig, load_preset
-    from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.evaluation import evaluate
-    from tf_gru4rec.training import save_model_dir, train
 
-    config = load_preset(args.preset) if args.preset else TrainConfig()
-    overrides = dict(kv.split("=", 1) for kv in args.set)
+    _check_train_paths(args)  # before TensorFlow loads: bad input fails in a second
+    overrides = _overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
-    config = config.with_overrides(overrides)
+    config = _config(args, overrides)
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                         "tensorboard (or tf-gru4rec[research])")
     logger.info("config: %s", config.to_dict())
-    events = _read(args.train, args)
+    events = _read(args.train, args, "--train")
+    _train_log(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()), "--train",
+               args.train)
+    import keras
+
+    from tf_gru4rec.evaluation import evaluate
+    from tf_gru4rec.paths import atomic_directory
+    from tf_gru4rec.training import save_model_dir, train
+
     model = None
     if args.warm_start:
         from tf_gru4rec.training import compile_model, load_model_dir
@@ -70,20 +170,20 @@ def cmd_train(args) -> int:
 
         previous = load_model_dir(args.warm_start)
         vocabulary = previous.vocabulary.extend(events["ItemId"].to_numpy())
-        log = SessionLog.from_events(events, vocabulary)
+        log = _train_log(events, vocabulary, "--train", args.train)
         model = grow_model(previous.model, previous.vocabulary, vocabulary)
         model.set_item_support(log.item_support())
         compile_model(model, config)
     else:
         vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-        log = SessionLog.from_events(events, vocabulary)
+        log = _train_log(events, vocabulary, "--train", args.train)
+    # Every input is read and checked before training starts.
+    test_log = _test_log(args.test, args, vocabulary) if args.test else None
     callbacks = []
-    if args.early_stopping is not None and not args.valid:
-        raise ValueError("--early-stopping monitors val_recall@20: give a --valid click log")
     if args.valid:
         from tf_gru4rec.callbacks import RankingValidation
 
-        valid_log = _test_log(args.valid, args, vocabulary)
+        valid_log = _test_log(args.valid, args, vocabulary, "--valid")
         callbacks.append(RankingValidation(valid_log, (20,), config.tie_mode,
                                            batch_size=config.eval_batch_size))
     if args.early_stopping is not None:
@@ -91,37 +191,37 @@ def cmd_train(args) -> int:
             monitor="val_recall@20", mode="max", patience=args.early_stopping,
             restore_best_weights=True, verbose=1))
     if args.tensorboard:
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install "
-                             "tensorboard (or tf-gru4rec[research])")
         callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
-    if args.backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
     if args.log_json:
         callbacks.append(_JsonLines(args.log_json))
-    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model)
-    save_model_dir(args.out, result.model, vocabulary, config)
+    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model,
+                   backup_dir=args.backup_dir, backup_every=args.backup_every)
     metrics = {
         "train_seconds": result.train_seconds,
         "train_events": result.train_events,
         "train_events_per_second": result.events_per_second,
+        "train_resumes": result.resumes,
         "final_loss": float(result.history["loss"][-1]) if result.history.get("loss") else None,
         "n_items": len(vocabulary),
     }
-    if args.test:
-        test_log = _test_log(args.test, args, vocabulary)
+    if test_log is not None:
         metrics.update(evaluate(result.model, test_log, config.cutoffs, config.tie_mode,
                                 config.eval_batch_size))
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    with atomic_directory(args.out) as staging:  # all files appear at once, or none
+        save_model_dir(staging, result.model, vocabulary, config)
+        with open(os.path.join(staging, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
     _json_out(metrics)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from tf_gru4rec.evaluation import evaluate
+    from tf_gru4rec.paths import check_input_file, check_model_dir
     from tf_gru4rec.training import load_model_dir
 
+    check_model_dir(args.model)
+    check_input_file(args.test, "--test")
     trained = load_model_dir(args.model)
     test_log = _test_log(args.test, args, trained.vocabulary)
     cutoffs = args.cutoffs or trained.config.cutoffs
@@ -137,7 +237,9 @@ def cmd_generate(args) -> int:
         generate_sessions,
         train_test_split_synthetic,
     )
+    from tf_gru4rec.paths import check_output_dir
 
+    check_output_dir(args.out)
     config = SyntheticConfig(n_items=args.items, n_sessions=args.sessions, seed=args.seed)
     events = generate_sessions(config)
     train_events, test_events = train_test_split_synthetic(events, test_days=args.test_days)
@@ -151,6 +253,11 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     from tf_gru4rec.demo import DemoOptions, format_summary, run_demo
+    from tf_gru4rec.paths import check_output_dir
+
+    check_output_dir(args.workdir, "--workdir")
+    check_output_dir(args.export_base, "--export-base")
+    _preset(args.preset)
 
     summary = run_demo(DemoOptions(workdir=args.workdir, export_base=args.export_base,
                                    n_items=args.items, n_sessions=args.sessions,
@@ -175,8 +282,8 @@ class _JsonLines:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tf-gru4rec", description=__doc__)
-    parser.add_argument("-v", "--log-level", default="INFO")
+    parser = types.Parser(prog="tf-gru4rec", description=__doc__)
+    parser.add_argument("-v", "--log-level", default="INFO", type=types.log_level)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (and evaluate it on --test)")
@@ -186,19 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="preset name (rsc15-xe, paper2016-top1, ...) or JSON file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set loss=bpr-max --set layers=100/100")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=types.integer(0))
     p.add_argument("--warm-start", metavar="MODEL_DIR",
                    help="continue from a trained model; new items are appended to its vocabulary")
     p.add_argument("--backup-dir", help="checkpoint each epoch here; a rerun resumes from it")
+    p.add_argument("--backup-every", type=types.integer(0), default=0, metavar="STEPS",
+                   help="with --backup-dir, also checkpoint every STEPS training steps "
+                        "(rounded up to whole blocks of steps_per_execution)")
     p.add_argument("--log-json", help="append one JSON line of training logs per epoch")
     p.add_argument("--valid", help="validation click log: Recall@K / MRR@K after each epoch "
                                    "(val_recall@20, ... in the logs, TensorBoard and --log-json)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard logs here (loss; validation metrics with --valid)")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+    p.add_argument("--early-stopping", type=types.integer(0), metavar="PATIENCE",
                    help="stop when val_recall@20 has not improved for PATIENCE epochs and "
                         "keep the best epoch's weights (needs --valid)")
-    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
+    p.add_argument("--verbose", default="auto", type=types.verbosity,
                    help="Keras verbosity: auto, 0 (silent), 1 (progress bar), 2 (one line)")
     _add_read_options(p)
     p.set_defaults(func=cmd_train)
@@ -206,30 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Recall@K / MRR@K of a trained model on a test log")
     p.add_argument("--model", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--cutoffs", type=int, nargs="+")
+    p.add_argument("--cutoffs", type=types.integer(1), nargs="+")
     p.add_argument("--tie-mode", choices=["standard", "conservative", "median"])
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=types.integer(1), default=None,
                    help="session-parallel slots per step (default: sized to keep them full)")
     _add_read_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("generate", help="write the bundled synthetic click log (train/test)")
     p.add_argument("--out", required=True)
-    p.add_argument("--items", type=int, default=2000)
-    p.add_argument("--sessions", type=int, default=20000)
-    p.add_argument("--test-days", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--items", type=types.integer(2), default=2000)
+    p.add_argument("--sessions", type=types.integer(1), default=20000)
+    p.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0)
+    p.add_argument("--seed", type=types.integer(0), default=0)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the main job on the bundled synthetic data: train, "
                        "evaluate against baselines, export, serve a few requests")
     p.add_argument("--workdir", default="runs/demo", help="data and model directory")
     p.add_argument("--export-base", default="export/gru4rec", help="SavedModel base path")
-    p.add_argument("--items", type=int, default=2000)
-    p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--items", type=types.integer(2), default=2000)
+    p.add_argument("--sessions", type=types.integer(1), default=20000)
     p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v))
+    p.add_argument("--seed", type=types.integer(0), default=0)
+    p.add_argument("--verbose", default="auto", type=types.verbosity)
     p.set_defaults(func=cmd_demo)
 
     for name in _SUBCOMMAND_MODULES:
@@ -243,15 +353,22 @@ _SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_se
 
 
 def main(argv=None) -> int:
+    """Run a command; bad input gives one line on stderr and exit code 2 (see README)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error, already written on stderr
+        return done.code if isinstance(done.code, int) else 2
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        logger.error("%s", error)
+    except (ValueError, OSError) as error:
+        types.fail(args.command, error)
+        return 2
+    except KeyError as error:
+        types.fail(args.command, error.args[0] if error.args else error)
         return 2
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tf_gru4rec import cli_types as types
+
 logger = logging.getLogger("tf_gru4rec")
 
 # As tf_gru4rec.baselines.BASELINE_NAMES / TIE_MODES (not imported here: it loads NumPy).
@@ -28,31 +30,36 @@ def register(subparsers) -> None:
     p.add_argument("--test", required=True, help="test click log")
     p.add_argument("--names", nargs="+", choices=NAMES, default=list(NAMES),
                    help="baselines to run")
-    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--cutoffs", type=types.integer(1), nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--tie-mode", choices=TIE_MODES, default="conservative")
-    p.add_argument("--top-n", type=int, default=100,
+    p.add_argument("--top-n", type=types.integer(1), default=100,
                    help="POP / S-POP: items with a non-zero popularity score")
-    p.add_argument("--n-neighbors", type=int, default=100, help="item-KNN neighbours per item")
-    p.add_argument("--lmbd", type=float, default=20.0, help="item-KNN support regularisation")
-    p.add_argument("--alpha", type=float, default=0.5, help="item-KNN normalisation balance")
-    p.add_argument("--n-factors", type=int, default=100, help="BPR-MF factors")
-    p.add_argument("--n-epochs", type=int, default=10, help="BPR-MF epochs")
-    p.add_argument("--learning-rate", type=float, default=0.01, help="BPR-MF learning rate")
-    p.add_argument("--seed", type=int, default=0, help="BPR-MF seed")
+    p.add_argument("--n-neighbors", type=types.integer(1), default=100,
+                   help="item-KNN neighbours per item")
+    p.add_argument("--lmbd", type=types.number(0), default=20.0,
+                   help="item-KNN support regularisation")
+    p.add_argument("--alpha", type=types.number(0, 1), default=0.5,
+                   help="item-KNN normalisation balance")
+    p.add_argument("--n-factors", type=types.integer(1), default=100, help="BPR-MF factors")
+    p.add_argument("--n-epochs", type=types.integer(1), default=10, help="BPR-MF epochs")
+    p.add_argument("--learning-rate", type=types.number(0, low_open=True), default=0.01,
+                   help="BPR-MF learning rate")
+    p.add_argument("--seed", type=types.integer(0), default=0, help="BPR-MF seed")
     _add_read_options(p)
     p.set_defaults(func=cmd_baselines)
 
 
 def cmd_baselines(args) -> int:
     from tf_gru4rec.baselines import run_baselines
-    from tf_gru4rec.cli import _json_out, _read, _test_log
+    from tf_gru4rec.cli import _json_out, _read, _test_log, _train_log
     from tf_gru4rec.data.io import ITEM
-    from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.paths import check_input_file
 
-    events = _read(args.train, args)
+    check_input_file(args.test, "--test")
+    events = _read(args.train, args, "--train")
     vocabulary = ItemVocabulary.from_events(events[ITEM].to_numpy())
-    train_log = SessionLog.from_events(events, vocabulary)
+    train_log = _train_log(events, vocabulary, "--train", args.train)
     test_log = _test_log(args.test, args, vocabulary)
     params = {
         "pop": {"top_n": args.top_n},

@@ -12,6 +12,8 @@ import os
 import shlex
 import sys
 
+from tf_gru4rec import cli_types as types
+
 logger = logging.getLogger("tf_gru4rec")
 
 # As tf_gru4rec.reproduce.SETTING_KEYS / BASELINES (not imported here: it loads TensorFlow).
@@ -26,11 +28,19 @@ def cmd_prepare_rsc15(args) -> int:
     from tf_gru4rec.cli import _json_out
     from tf_gru4rec.data.io import read_yoochoose_clicks
     from tf_gru4rec.data.rsc15 import prepare_rsc15, write_rsc15
+    from tf_gru4rec.paths import check_input_file, check_output_dir
 
+    check_input_file(args.clicks, "--clicks", "a yoochoose-clicks.dat file")
+    check_output_dir(args.out)
     events = read_yoochoose_clicks(args.clicks)
     frames, report = prepare_rsc15(events, test_seconds=args.test_days * 86_400.0,
                                    min_session_length=args.min_session_length,
                                    min_item_support=args.min_item_support)
+    empty = [name for name, frame in frames.items() if len(frame) == 0]
+    if empty:
+        raise ValueError(f"--clicks {args.clicks!r}: the protocol leaves no event in "
+                         f"{', '.join(empty)}; expected a longer log (or a smaller --test-days, "
+                         "--min-item-support)")
     paths = write_rsc15(frames, args.out, prefix=args.prefix)
     report["source"] = os.path.abspath(args.clicks)
     report["files"] = paths
@@ -44,10 +54,16 @@ def cmd_prepare_rsc15(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from tf_gru4rec.cli import _read
+    from tf_gru4rec.paths import check_input_file, check_output_file
     from tf_gru4rec.reproduce import format_markdown, run_reproduction
 
+    check_input_file(args.test, "--test")
+    check_output_file(args.out)
+    if args.json:
+        check_output_file(args.json, "--json")
     report = run_reproduction(
-        _read(args.train, args), _read(args.test, args), settings=args.settings,
+        _read(args.train, args, "--train"), _read(args.test, args, "--test"),
+        settings=args.settings,
         baselines=args.baselines, quick=args.quick, epochs=args.epochs, seed=args.seed,
         tie_mode=args.tie_mode, verbose=args.verbose)
     report["train"], report["test"] = args.train, args.test
@@ -87,8 +103,9 @@ def _reproduce_command(args) -> str:
 
 
 def cmd_tune(args) -> int:
-    from tf_gru4rec.cli import _json_out, _read
-    from tf_gru4rec.config import load_preset
+    from tf_gru4rec.cli import _json_out, _overrides, _preset, _read
+    from tf_gru4rec.config_checks import check_config
+    from tf_gru4rec.paths import check_input_file, check_output_file
     from tf_gru4rec.reproduce import train_and_eval_logs
     from tf_gru4rec.tuning import (
         best_preset,
@@ -99,18 +116,27 @@ def cmd_tune(args) -> int:
         write_preset,
     )
 
-    base = load_preset(args.base_preset)
-    overrides = dict(kv.split("=", 1) for kv in args.set)
+    check_input_file(args.valid, "--valid")
+    check_output_file(args.out)
+    if args.space:
+        check_input_file(args.space, "--space", "a search space JSON file")
+    base = _preset(args.base_preset)
+    overrides = _overrides(args.set)
     if args.epochs is not None:
         overrides["n_epochs"] = str(args.epochs)
     if args.loss not in (None, "choose"):
         overrides["loss"] = args.loss
     base = base.with_overrides(overrides)
+    check_config(base)
     space = load_space(args.space) if args.space else default_space(
         None if args.loss == "choose" else base.loss)
     space = [p for p in space if p.name not in overrides]  # --set fixes a parameter
     logger.info("searching %s from %s", [p.name for p in space], base.to_dict())
-    _, train_log, valid_log = train_and_eval_logs(_read(args.train, args), _read(args.valid, args))
+    _, train_log, valid_log = train_and_eval_logs(_read(args.train, args, "--train"),
+                                                  _read(args.valid, args, "--valid"))
+    if train_log.n_predictions == 0:
+        raise ValueError(f"--train {args.train!r}: every session has a single event, nothing "
+                         "to train on; expected sessions of 2 or more clicks")
     study = tune(base, train_log, valid_log, space, n_trials=args.trials,
                  study_name=args.study_name, storage=args.storage, metric=args.metric,
                  timeout=None if args.timeout_minutes is None else args.timeout_minutes * 60.0,
@@ -140,13 +166,14 @@ def register(subparsers) -> None:
     q.add_argument("--clicks", required=True,
                    help="raw yoochoose-clicks.dat (session,ISO time,item,category; .gz too)")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--test-days", type=float, default=1.0,
+    q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
                    help="length of the test (and validation) period in days (default: 1)")
-    q.add_argument("--min-session-length", type=int, default=2,
+    q.add_argument("--min-session-length", type=types.integer(2), default=2,
                    help="shortest session kept (default: 2)")
-    q.add_argument("--min-item-support", type=int, default=5,
+    q.add_argument("--min-item-support", type=types.integer(1), default=5,
                    help="fewest events of a kept item (default: 5)")
-    q.add_argument("--prefix", default="rsc15", help="output file name prefix (default: rsc15)")
+    q.add_argument("--prefix", default="rsc15", type=types.name,
+                   help="output file name prefix (default: rsc15)")
     q.set_defaults(func=cmd_prepare_rsc15)
 
     p = subparsers.add_parser(
@@ -158,15 +185,17 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="JSON report (default: the --out path with .json)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny models, 1 epoch (tests, notebooks)")
-    p.add_argument("--epochs", type=int, help="epochs of every GRU setting (default: 10)")
+    p.add_argument("--epochs", type=types.integer(1),
+                   help="epochs of every GRU setting (default: 10)")
     p.add_argument("--settings", nargs="+", choices=SETTING_KEYS, default=list(SETTING_KEYS),
                    help="GRU4Rec settings to run (default: all)")
     p.add_argument("--baselines", nargs="*", choices=BASELINE_NAMES,
                    default=list(BASELINE_NAMES), help="baselines to run (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every model (default: 0)")
+    p.add_argument("--seed", type=types.integer(0), default=0,
+                   help="seed of every model (default: 0)")
     p.add_argument("--tie-mode", choices=TIE_MODES, default="conservative",
                    help="rank ties rule (default: conservative, ties count against the target)")
-    p.add_argument("--verbose", default=2, type=lambda v: v if v == "auto" else int(v),
+    p.add_argument("--verbose", default=2, type=types.verbosity,
                    help="Keras verbosity while training (default: 2, a line per epoch)")
     _add_read_options(p)
     p.set_defaults(func=cmd_reproduce)
@@ -179,9 +208,10 @@ def register(subparsers) -> None:
                    help="validation click log after it in time (e.g. train_valid; never the "
                         "test set)")
     p.add_argument("--out", required=True, help="preset JSON of the best trial to write")
-    p.add_argument("--trials", type=int, required=True,
+    p.add_argument("--trials", type=types.integer(1), required=True,
                    help="finished trials the study should have; a rerun continues up to it")
-    p.add_argument("--timeout-minutes", type=float, help="stop starting trials after this")
+    p.add_argument("--timeout-minutes", type=types.number(0, low_open=True),
+                   help="stop starting trials after this")
     p.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///tune.db "
                                      "(default: in memory, not resumable)")
     p.add_argument("--study-name", default="gru4rec",
@@ -194,12 +224,14 @@ def register(subparsers) -> None:
                         "cross-entropy or bpr-max)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a parameter (removed from the search), e.g. --set layers=100")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
+    p.add_argument("--epochs", type=types.integer(1),
+                   help="epochs per trial (default: the preset's)")
     p.add_argument("--space", help="search space JSON (the original's paramspace format)")
     p.add_argument("--metric", choices=("recall@20", "mrr@20"), default="recall@20",
                    help="validation metric to maximise (default: recall@20)")
     p.add_argument("--no-prune", action="store_true",
                    help="no median pruning of poor trials (validation every epoch otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    p.add_argument("--seed", type=types.integer(0), default=0,
+                   help="sampler seed (default: 0)")
     _add_read_options(p)
     p.set_defaults(func=cmd_tune)

@@ -9,6 +9,8 @@ import argparse
 import logging
 import os
 
+from tf_gru4rec import cli_types as types
+
 logger = logging.getLogger("tf_gru4rec")
 
 
@@ -21,9 +23,12 @@ def cmd_export(args) -> int:
                      "next free one", args.version, os.path.abspath(args.base))
         return 2
     from tf_gru4rec.export import export_model
+    from tf_gru4rec.paths import check_model_dir, check_output_dir
     from tf_gru4rec.serving_graph import ServingLimits
     from tf_gru4rec.training import load_model_dir
 
+    check_model_dir(args.model)
+    check_output_dir(args.base, "--base")
     trained = load_model_dir(args.model)
     try:
         path = export_model(
@@ -51,15 +56,17 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from tf_gru4rec.serving.dev_server import DevServer
 
+    if not os.path.isdir(args.base):
+        raise ValueError(f"--base {args.base!r} is not a directory; expected a model base path "
+                         "with numbered SavedModel versions (tf-gru4rec export)")
     server = DevServer(args.base, model_name=args.model_name, host=args.host, port=args.port,
                        rest_port=args.rest_port, max_workers=args.workers,
                        poll_seconds=args.poll_seconds or None, warmup=not args.no_warmup)
     try:
         server.start()
     except (OSError, RuntimeError) as error:
-        logger.error("cannot start the server on %s:%s: %s", args.host, args.port, error)
         server.stop(0)
-        return 2
+        raise OSError(f"cannot start the server on {args.host}:{args.port}: {error}") from None
     logger.info("serving until interrupted (Ctrl-C); this is a development stand-in for "
                 "TensorFlow Serving")
     server.wait()
@@ -68,8 +75,12 @@ def cmd_serve(args) -> int:
 
 def cmd_replay(args) -> int:
     from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.cli_types import fail
+    from tf_gru4rec.paths import check_input_file
     from tf_gru4rec.serving.client import ServingError
     from tf_gru4rec.serving.replay import replay
+
+    check_input_file(args.test, "--test")
 
     read_options = {"session_col": args.session_col, "item_col": args.item_col,
                     "time_col": args.time_col, "fmt": args.format}
@@ -79,7 +90,7 @@ def cmd_replay(args) -> int:
                         batch_size=args.batch_size, timeout=args.timeout,
                         read_options=read_options)
     except ServingError as error:
-        logger.error("replay failed: %s", error)
+        fail("replay", f"the server at {args.target} failed: {error}")
         return 3
     _json_out(result)
     return 0
@@ -97,26 +108,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="trained model directory")
     p.add_argument("--base", default="export/gru4rec",
                    help="model base path; the new version goes to BASE/<version>/")
-    p.add_argument("--version", type=int, help="version number (default: latest + 1)")
-    p.add_argument("--k", type=int, default=20, help="recommendations per request")
+    p.add_argument("--version", type=types.integer(0), help="version number (default: latest + 1)")
+    p.add_argument("--k", type=types.integer(1), default=20, help="recommendations per request")
     p.add_argument("--exclude-seen", action="store_true",
                    help="never recommend items already clicked in the session")
-    p.add_argument("--max-seen", type=int, default=100,
+    p.add_argument("--max-seen", type=types.integer(1), default=100,
                    help="clicked items remembered per session for --exclude-seen")
-    p.add_argument("--session-capacity", type=int, default=100_000,
+    p.add_argument("--session-capacity", type=types.integer(1), default=100_000,
                    help="most sessions kept by the stateful signature")
-    p.add_argument("--session-idle-seconds", type=float, default=1800.0,
+    p.add_argument("--session-idle-seconds", type=types.number(0, low_open=True),
+                   default=1800.0,
                    help="a session idle longer than this starts over")
     p.add_argument("--popular-items", type=_popular,
                    help="comma-separated fallback item ids, most popular first "
                         "(default: by training counts)")
-    p.add_argument("--max-request-rows", type=int, default=10_000,
+    p.add_argument("--max-request-rows", type=types.integer(1), default=10_000,
                    help="most rows in one request (checked inside the graph)")
-    p.add_argument("--max-id-bytes", type=int, default=256,
+    p.add_argument("--max-id-bytes", type=types.integer(1), default=256,
                    help="longest session id in bytes (checked inside the graph)")
-    p.add_argument("--max-session-length", type=int, default=1000,
+    p.add_argument("--max-session-length", type=types.integer(1), default=1000,
                    help="most items per session in `recommend` and `step`'s seen items")
-    p.add_argument("--session-memory-mb", type=int, default=1024,
+    p.add_argument("--session-memory-mb", type=types.integer(1), default=1024,
                    help="memory budget of the session tables; lowers --session-capacity to "
                         "fit the worst case")
     p.add_argument("--no-warmup", action="store_true", help="write no warmup requests")
@@ -125,26 +137,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="development gRPC/REST server (a stand-in for TensorFlow Serving)")
     p.add_argument("--base", default="export/gru4rec", help="model base path")
-    p.add_argument("--model-name", default="gru4rec")
+    p.add_argument("--model-name", default="gru4rec", type=types.name)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port")
-    p.add_argument("--rest-port", type=int, help="REST port (default: no REST endpoint)")
-    p.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
-    p.add_argument("--poll-seconds", type=float, default=0.0,
+    p.add_argument("--port", type=types.integer(0, 65535), default=8500, help="gRPC port")
+    p.add_argument("--rest-port", type=types.integer(0, 65535),
+                   help="REST port (default: no REST endpoint)")
+    p.add_argument("--workers", type=types.integer(1), default=8, help="gRPC worker threads")
+    p.add_argument("--poll-seconds", type=types.number(0), default=0.0,
                    help="load new versions as they appear, checking this often (0: never)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warmup requests")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser(
         "replay", help="Recall@K / MRR@K of a served model by replaying a test log through it")
-    p.add_argument("--target", required=True, help="gRPC HOST:PORT of the server")
+    p.add_argument("--target", required=True, type=types.host_port,
+                   help="gRPC HOST:PORT of the server")
     p.add_argument("--test", required=True, help="test click log")
-    p.add_argument("--model-name", default="gru4rec")
-    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--model-name", default="gru4rec", type=types.name)
+    p.add_argument("--cutoffs", type=types.integer(1), nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--tie-mode", default="conservative",
                    choices=["standard", "conservative", "median"])
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=types.integer(1), default=None,
                    help="session-parallel slots per request (as `evaluate --batch-size`)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("--timeout", type=types.number(0, low_open=True), default=30.0,
+                   help="seconds per request")
     _add_read_options(p)
     p.set_defaults(func=cmd_replay)

@@ -85,8 +85,9 @@ def _parse(key, value, current):
         if current is None and key == "final_act":
             return None if text.lower() in ("", "none") else text
     except ValueError:
-        raise ValueError(
-            f"Parameter {key!r} expects {type(current).__name__}; received {value!r}") from None
+        expected = "integers like 100 or 100/100" if isinstance(current, list) else (
+            "true or false" if isinstance(current, bool) else f"a {type(current).__name__}")
+        raise ValueError(f"Parameter {key!r} expects {expected}; received {value!r}") from None
     return text
 
 

@@ -11,6 +11,7 @@ A trained model directory holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.input_pipeline import SessionParallelInput
 from tf_gru4rec.model import GRU4Rec
 from tf_gru4rec.optimizers import AdagradM
+from tf_gru4rec.resume import TrainingBackup
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +65,14 @@ def compile_model(model: GRU4Rec, config: TrainConfig) -> GRU4Rec:
 
 @dataclasses.dataclass
 class TrainResult:
+    """`history`, `train_seconds` and `train_events` describe the whole run, resumed or not;
+    `resumes` counts the restarts from a backup."""
+
     model: GRU4Rec
     history: dict
     train_seconds: float
     train_events: int
+    resumes: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -74,11 +80,15 @@ class TrainResult:
 
 
 def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
-          model: GRU4Rec | None = None) -> TrainResult:
+          model: GRU4Rec | None = None, backup_dir: str | None = None,
+          backup_every: int = 0) -> TrainResult:
     """Train on the sessions of `log` for `config.n_epochs` epochs with `model.fit`.
 
     `model` continues training an existing (compiled) model; by default a new one is built.
-    Callbacks such as `keras.callbacks.BackupAndRestore` work as usual.
+    `backup_dir` backs the training state up at each epoch end (and every `backup_every`
+    steps, rounded up to whole blocks of `config.steps_per_execution`); if it holds a backup
+    of the same run, training resumes from it and ends as an uninterrupted run would
+    (`tf_gru4rec.resume`). The backup is removed when training finishes.
     """
     keras.utils.set_random_seed(config.seed)
     source = SessionParallelInput(
@@ -87,17 +97,47 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
         steps_per_block=config.steps_per_execution)
     if model is None:
         model = build_model(config, log.n_items, log.item_support())
+    callbacks = [source.callback(), *callbacks]
+    backup, epoch, step = None, 0, 0
+    if backup_dir:
+        backup = TrainingBackup(backup_dir, source, _fingerprint(config, log), backup_every)
+        point = backup.restore(model)
+        if point is not None:
+            epoch, step = point.epoch, point.step
+        callbacks.append(backup)  # last: it records the logs the others have completed
     logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
                 source.steps_per_epoch(), config.batch_size, config.n_epochs)
     start = time.perf_counter()
+    histories = []
     with warnings.catch_warnings():
         # The epoch length is unknown to Keras until the first epoch ends: not an error.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(source.dataset(blocks=True), epochs=config.n_epochs, shuffle=False,
-                            callbacks=[source.callback(), *callbacks], verbose=verbose)
-    seconds = time.perf_counter() - start
-    epochs_run = len(history.history.get("loss", [])) or config.n_epochs
-    return TrainResult(model, history.history, seconds, log.n_predictions * epochs_run)
+        fit = functools.partial(model.fit, source.dataset(blocks=True), shuffle=False,
+                                callbacks=callbacks, verbose=verbose)
+        if step and epoch < config.n_epochs:
+            # The rest of a half-done epoch in a fit of its own: Keras takes the length of a
+            # fit's first epoch for that of the next ones.
+            source.skip_steps = step
+            histories.append(fit(initial_epoch=epoch, epochs=epoch + 1).history)
+            epoch += 1
+        if epoch < config.n_epochs and not model.stop_training:
+            histories.append(fit(initial_epoch=epoch, epochs=config.n_epochs).history)
+    if backup is not None:
+        history, seconds = backup.history, backup.elapsed()
+        backup.delete()
+    else:
+        history, seconds = histories[0] if histories else {}, time.perf_counter() - start
+    epochs_run = len(history.get("loss", [])) or config.n_epochs
+    return TrainResult(model, history, seconds, log.n_predictions * epochs_run,
+                       backup.resumes if backup else 0)
+
+
+def _fingerprint(config: TrainConfig, log: SessionLog) -> dict:
+    """What a backup must match to be resumed: the training settings and the data's shape."""
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("n_epochs", "cutoffs", "tie_mode", "eval_batch_size")}
+    return {**settings, "n_events": log.n_events, "n_sessions": log.n_sessions,
+            "n_items": log.n_items}
 
 
 def save_model_dir(path: str, model: GRU4Rec, vocabulary: ItemVocabulary,

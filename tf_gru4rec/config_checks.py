@@ -1,0 +1,95 @@
+"""Range checks of a `TrainConfig`: every parameter against what training can use.
+
+`check_config` raises `ValueError("<name> should be <expected>. Received: <value>")` for the
+first bad parameter, before anything is built or trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
+FINAL_ACTIVATIONS = (None, "linear", "tanh", "elu")
+TIE_MODES = ("standard", "conservative", "median")
+_ADAGRADM = ("adagradm", "adagrad-momentum")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _integer(low):
+    return lambda v: _is_int(v) and v >= low, f"an integer >= {low}"
+
+
+def _number(low, high=None, low_open=False, high_open=False):
+    def ok(v):
+        return _is_number(v) and (v > low if low_open else v >= low) and (
+            high is None or (v < high if high_open else v <= high))
+
+    if high is None:
+        return ok, f"a number {'>' if low_open else '>='} {low}"
+    return ok, (f"a number in {'(' if low_open else '['}{low}, {high}"
+                f"{')' if high_open else ']'}")
+
+
+def _one_of(options):
+    return lambda v: v in options, "one of " + ", ".join(str(o) for o in options)
+
+
+def _sizes(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_int(u) and u >= 1 for u in v)
+
+
+CHECKS = {
+    "loss": _one_of(LOSSES),
+    "layers": (_sizes, "layer sizes >= 1, e.g. 100 or 100/100"),
+    "batch_size": _integer(1),
+    "dropout_p_embed": _number(0, 1, high_open=True),
+    "dropout_p_hidden": _number(0, 1, high_open=True),
+    "learning_rate": _number(0, low_open=True),
+    "momentum": _number(0, 1, high_open=True),
+    "n_sample": _integer(0),
+    "sample_alpha": _number(0, 1),
+    "bpreg": _number(0),
+    "logq": _number(0),
+    "elu_param": _number(0),
+    "final_act": _one_of(FINAL_ACTIVATIONS),
+    "constrained_embedding": (lambda v: isinstance(v, bool), "true or false"),
+    "embedding": _integer(0),
+    "n_epochs": _integer(1),
+    "optimizer": (lambda v: isinstance(v, str) and _optimizer_known(v),
+                  "adagradm or a Keras optimizer name (adam, sgd, adagrad, ...)"),
+    "shuffle_sessions": (lambda v: isinstance(v, bool), "true or false"),
+    "jit_compile": (lambda v: isinstance(v, bool), "true or false"),
+    "steps_per_execution": _integer(1),
+    "seed": _integer(0),
+    "eval_batch_size": _integer(0),
+    "cutoffs": (_sizes, "cutoffs >= 1, e.g. 1,5,10,20"),
+    "tie_mode": _one_of(TIE_MODES),
+}
+
+
+def _optimizer_known(name: str) -> bool:
+    if name.lower() in _ADAGRADM:
+        return True
+    import keras
+
+    try:
+        keras.optimizers.get(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_config(config) -> None:
+    """Raise ValueError naming the first parameter of `config` out of its range."""
+    for key, value in config.to_dict().items():
+        ok, expected = CHECKS.get(key, (lambda v: True, ""))
+        if not ok(value):
+            raise ValueError(f"Parameter {key!r} should be {expected}. Received: {value!r}")
