@@ -39,7 +39,8 @@ def cmd_export(args) -> int:
             limits=ServingLimits(max_request_rows=args.max_request_rows,
                                  max_id_bytes=args.max_id_bytes,
                                  max_session_length=args.max_session_length,
-                                 session_memory_bytes=args.session_memory_mb << 20))
+                                 session_memory_bytes=args.session_memory_mb << 20),
+            score_precision=args.score_precision)
     except FileExistsError as error:  # an explicit --version that exists
         logger.error("%s", error)
         return 2
@@ -131,6 +132,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-memory-mb", type=types.integer(1), default=1024,
                    help="memory budget of the session tables; lowers --session-capacity to "
                         "fit the worst case")
+    p.add_argument("--score-precision", default="float32",
+                   choices=["float32", "bfloat16", "int8"],
+                   help="precision of the item table that scores all items (float32: exact)")
     p.add_argument("--no-warmup", action="store_true", help="write no warmup requests")
     p.set_defaults(func=cmd_export)
 

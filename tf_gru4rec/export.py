@@ -43,7 +43,8 @@ _LOCK_FILE = ".lock"
 def export_model(model, vocabulary, base_path: str, version: int | None = None, k: int = 20,
                  exclude_seen: bool = False, session_capacity: int = 100_000,
                  session_idle_seconds: float = 1800.0, popular_items=None, warmup: bool = True,
-                 max_seen: int = 100, limits: ServingLimits | None = None) -> str:
+                 max_seen: int = 100, limits: ServingLimits | None = None,
+                 score_precision: str = "float32") -> str:
     """Write a new SavedModel version `<base_path>/<version>/` and return its path.
 
     Args:
@@ -62,6 +63,8 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
       max_seen: items remembered per session for `exclude_seen` in the stateful signature.
       limits: `ServingLimits` (rows per request, session id bytes, session length, session
         memory), enforced inside the graph; default `ServingLimits()`.
+      score_precision: "float32" (exact, default), "bfloat16" or "int8" (per-row scale): the
+        precision of the item table that scores all items (`ServingModule`).
 
     The version is written to a hidden staging directory inside `base_path`
     (`.tf_gru4rec-staging-<pid>@<host>-<random>/`, which TF Serving ignores: not a number),
@@ -99,7 +102,8 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
         with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(s + "\n" for s in strings))
         module = ServingModule(model, vocab_file, k, popular, exclude_seen, max_seen,
-                               session_capacity, session_idle_seconds, limits)
+                               session_capacity, session_idle_seconds, limits,
+                               score_precision)
         staged = os.path.join(staging, "version")
         write_saved_model(module, staged)
         extra = os.path.join(staged, "assets.extra")
@@ -109,6 +113,7 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
             "exclude_seen": bool(exclude_seen), "max_seen": max_seen,
             "session_capacity": module.session_capacity,
             "limits": dataclasses.asdict(module.limits),
+            "score_precision": module.score_precision,
             "session_idle_seconds": float(session_idle_seconds),
             "layers": list(model.layer_sizes), "state_size": int(sum(model.layer_sizes)),
             "n_items": int(model.n_items), "signatures": list(SIGNATURES),

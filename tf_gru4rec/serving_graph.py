@@ -81,6 +81,7 @@ _LOW_WATER = 0.9
 # header, bucket); the worst case, not the average.
 _ENTRY_OVERHEAD_BYTES = 160
 
+SCORE_PRECISIONS = ("float32", "bfloat16", "int8")
 SIGNATURES = ("serving_default", "click", "end_session", "step", "recommend", "rank", "lookup",
               "session_count")
 
@@ -121,11 +122,15 @@ class ServingModule(tf.Module):
       popular: int64 [k] item indices of the fallback recommendation.
       exclude_seen, max_seen, session_capacity, session_idle_seconds: see `export_model`.
       limits: `ServingLimits` (default: its defaults).
+      score_precision: the item table that scores all items: "float32" (exact, the model's
+        own), "bfloat16" (a bfloat16 copy; products rounded to bfloat16) or "int8" (int8 rows
+        with a float scale per row, the GRU output quantised per row; int32 products).
     """
 
     def __init__(self, model, vocab_file: str, k: int, popular: np.ndarray,
                  exclude_seen: bool, max_seen: int, session_capacity: int,
-                 session_idle_seconds: float, limits: ServingLimits | None = None):
+                 session_idle_seconds: float, limits: ServingLimits | None = None,
+                 score_precision: str = "float32"):
         super().__init__(name="gru4rec_serving")
         self._holder = _Untracked(model)  # ExportArchive saves the variables the graph reads
         self.layer_sizes = list(model.layer_sizes)
@@ -162,7 +167,38 @@ class ServingModule(tf.Module):
                 tf.string, tf.int64, default_value=tf.constant([-1] * self.max_seen, tf.int64),
                 name="seen")
         self.last_sweep = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="last_sweep")
+        self._build_score_table(model, score_precision)
         self._build_signatures()
+
+    def _build_score_table(self, model, precision: str) -> None:
+        """Reduced-precision copies of the item table for scoring (see `score_precision`)."""
+        if precision not in SCORE_PRECISIONS:
+            raise ValueError(f"`score_precision` should be one of {SCORE_PRECISIONS}. "
+                             f"Received: {precision!r}")
+        self.score_precision = precision
+        weights = model.item_scores.item_weights
+        if precision == "bfloat16":
+            self.score_table = tf.Variable(tf.cast(weights.value, tf.bfloat16), trainable=False,
+                                           name="item_weights_bfloat16")
+        elif precision == "int8":
+            table, scale = quantize_rows(np.asarray(weights.numpy()))
+            self.score_table = tf.Variable(table, trainable=False, name="item_weights_int8")
+            self.score_scale = tf.Variable(scale, trainable=False, name="item_weights_scale")
+
+    def _score_all(self, hidden):
+        """Scores of every item [B, n_items] for GRU outputs hidden [B, H]."""
+        if self.score_precision == "float32":
+            return self._model.score_all(hidden)
+        bias = self._model.item_scores.item_bias
+        if self.score_precision == "bfloat16":
+            products = tf.matmul(tf.cast(hidden, tf.bfloat16), self.score_table,
+                                 transpose_b=True)
+            return tf.cast(products, tf.float32) + bias
+        hidden_q, hidden_scale = quantize_rows(hidden)
+        products = tf.raw_ops.BatchMatMulV3(x=hidden_q[None], y=self.score_table[None],
+                                            Tout=tf.int32, adj_y=True)[0]  # (B, n_items)
+        return (tf.cast(products, tf.float32) * hidden_scale[:, None] * self.score_scale[None, :]
+                + bias)
 
     @property
     def _model(self):
@@ -186,7 +222,7 @@ class ServingModule(tf.Module):
     def _top_k(self, hidden, fallback, seen=None):
         """hidden [B, H], fallback bool [B], seen int64 [B, T] (-1 = none) ->
         (item_ids string [B, K], scores float32 [B, K])."""
-        scores = self._model.score_all(hidden)  # (B, n_items)
+        scores = self._score_all(hidden)  # (B, n_items)
         if seen is not None:
             batch_rows = tf.broadcast_to(tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
                                          tf.shape(seen, out_type=tf.int64))
@@ -369,7 +405,7 @@ class ServingModule(tf.Module):
                 ("session_id",), session_id=session_id, item_id=item_id,
                 target_item_id=target_item_id)
             hidden, _, known, _, _ = self._stateful_step(session_id, item_id)
-            scores = self._model.score_all(hidden)  # (B, n_items)
+            scores = self._score_all(hidden)  # (B, n_items)
             target = self._lookup(target_item_id)
             target_known = target >= 0
             target_scores = tf.gather(scores, tf.maximum(target, 0), axis=1, batch_dims=1)
@@ -443,6 +479,19 @@ class ServingModule(tf.Module):
                                      input_signature=[tf.TensorSpec([None, None], tf.string)])
         self.lookup = tf.function(lookup, autograph=False, input_signature=[string_batch])
         self.session_count = tf.function(session_count, autograph=False, input_signature=[])
+
+
+def quantize_rows(matrix):
+    """Symmetric int8 quantisation per row: matrix [R, C] (NumPy or tensor) -> (int8 [R, C],
+    float32 scale [R]) with matrix ~= int8 * scale[:, None]; an all-zero row gets scale 1."""
+    if isinstance(matrix, np.ndarray):
+        scale = np.abs(matrix).max(axis=1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        return np.clip(np.round(matrix / scale[:, None]), -127, 127).astype(np.int8), scale
+    scale = tf.reduce_max(tf.abs(matrix), axis=1) / 127.0
+    scale = tf.where(scale > 0, scale, 1.0)
+    quantized = tf.clip_by_value(tf.round(matrix / scale[:, None]), -127.0, 127.0)
+    return tf.cast(quantized, tf.int8), scale
 
 
 def occurrence_index(keys):
