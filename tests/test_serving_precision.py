@@ -9,7 +9,7 @@ from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.export import export_model
 from tf_gru4rec.serving.bundle import SessionBundle
-from tf_gru4rec.serving_graph import quantize_rows
+from tf_gru4rec.serving_graph import quantize_rows, shard_bounds
 from tf_gru4rec.training import build_model
 
 N_ITEMS, UNITS, K = 400, 24, 20
@@ -100,3 +100,41 @@ def test_unknown_precision_is_refused(exports, tmp_path):
     with pytest.raises(ValueError, match="score_precision"):
         export_model(model, ItemVocabulary(RAW_IDS), str(tmp_path / "x"), k=K,
                      score_precision="float16")
+
+
+def test_shard_bounds():
+    assert shard_bounds(50_000, 20, 2) == [0, 25008, 50_000]
+    assert shard_bounds(40, 10, 2) == [0, 40]  # a second block would hold 8 < k items
+    assert shard_bounds(30, 6, 4) == [0, 30]  # blocks of at least 16 items
+    for n_items, k, shards in ((1000, 20, 3), (997, 7, 8), (64, 16, 4)):
+        bounds = shard_bounds(n_items, k, shards)
+        assert bounds[0] == 0 and bounds[-1] == n_items and len(bounds) - 1 <= shards
+        assert all(b % 16 == 0 for b in bounds[:-1])
+        assert all(hi - lo >= max(k, 1) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
+    with pytest.raises(ValueError, match="score_shards"):
+        shard_bounds(100, 5, 0)
+
+
+def test_sharded_scoring_gives_the_same_items_and_ties(tmp_path):
+    """Many items score exactly alike (repeated rows): the per-shard top-K and its merge must
+    pick the same items, in the same order, as one top-K over all items."""
+    config = TrainConfig(layers=[8], batch_size=4, n_sample=0, jit_compile=False, seed=1)
+    model = build_model(config, N_ITEMS, item_support=np.arange(N_ITEMS) + 1)
+    rng = np.random.default_rng(2)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype(np.float32))
+    weights = model.item_scores.item_weights.numpy()
+    model.item_scores.item_weights.assign(weights[rng.integers(0, 30, N_ITEMS)])  # 30 distinct
+    model.item_scores.item_bias.assign(np.zeros(N_ITEMS, np.float32))
+    sessions = RAW_IDS[rng.integers(0, N_ITEMS, (20, 3))]
+    outputs = []
+    for shards in (1, 3, 7):
+        path = export_model(model, ItemVocabulary(RAW_IDS), str(tmp_path / str(shards)), k=K,
+                            score_shards=shards, warmup=False)
+        with SessionBundle(path) as bundle:
+            outputs.append(bundle.run("recommend", {"session_item_ids": sessions}))
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out["item_ids"], outputs[0]["item_ids"])
+        np.testing.assert_array_equal(out["scores"], outputs[0]["scores"])
+    assert (outputs[0]["scores"][:, 0] == outputs[0]["scores"][:, 1]).all()  # ties were there

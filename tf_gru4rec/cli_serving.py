@@ -40,7 +40,7 @@ def cmd_export(args) -> int:
                                  max_id_bytes=args.max_id_bytes,
                                  max_session_length=args.max_session_length,
                                  session_memory_bytes=args.session_memory_mb << 20),
-            score_precision=args.score_precision)
+            score_precision=args.score_precision, score_shards=args.score_shards)
     except FileExistsError as error:  # an explicit --version that exists
         logger.error("%s", error)
         return 2
@@ -135,6 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--score-precision", default="float32",
                    choices=["float32", "bfloat16", "int8"],
                    help="precision of the item table that scores all items (float32: exact)")
+    p.add_argument("--score-shards", type=types.integer(1), default=2,
+                   help="row blocks of the item table scored in parallel (same results; "
+                        "about the number of cores a request may use)")
     p.add_argument("--no-warmup", action="store_true", help="write no warmup requests")
     p.set_defaults(func=cmd_export)
 

@@ -44,7 +44,7 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
                  exclude_seen: bool = False, session_capacity: int = 100_000,
                  session_idle_seconds: float = 1800.0, popular_items=None, warmup: bool = True,
                  max_seen: int = 100, limits: ServingLimits | None = None,
-                 score_precision: str = "float32") -> str:
+                 score_precision: str = "float32", score_shards: int = 2) -> str:
     """Write a new SavedModel version `<base_path>/<version>/` and return its path.
 
     Args:
@@ -65,6 +65,7 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
         memory), enforced inside the graph; default `ServingLimits()`.
       score_precision: "float32" (exact, default), "bfloat16" or "int8" (per-row scale): the
         precision of the item table that scores all items (`ServingModule`).
+      score_shards: row blocks of the item table scored in parallel (same results).
 
     The version is written to a hidden staging directory inside `base_path`
     (`.tf_gru4rec-staging-<pid>@<host>-<random>/`, which TF Serving ignores: not a number),
@@ -103,7 +104,7 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
             f.write("".join(s + "\n" for s in strings))
         module = ServingModule(model, vocab_file, k, popular, exclude_seen, max_seen,
                                session_capacity, session_idle_seconds, limits,
-                               score_precision)
+                               score_precision, score_shards)
         staged = os.path.join(staging, "version")
         write_saved_model(module, staged)
         extra = os.path.join(staged, "assets.extra")
@@ -114,6 +115,7 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
             "session_capacity": module.session_capacity,
             "limits": dataclasses.asdict(module.limits),
             "score_precision": module.score_precision,
+            "score_shards": len(module.shard_bounds) - 1,
             "session_idle_seconds": float(session_idle_seconds),
             "layers": list(model.layer_sizes), "state_size": int(sum(model.layer_sizes)),
             "n_items": int(model.n_items), "signatures": list(SIGNATURES),

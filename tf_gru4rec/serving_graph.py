@@ -125,12 +125,14 @@ class ServingModule(tf.Module):
       score_precision: the item table that scores all items: "float32" (exact, the model's
         own), "bfloat16" (a bfloat16 copy; products rounded to bfloat16) or "int8" (int8 rows
         with a float scale per row, the GRU output quantised per row; int32 products).
+      score_shards: the item table is scored in this many row blocks, in parallel (fewer when
+        a block would hold fewer than max(k, 16) items); results do not depend on it.
     """
 
     def __init__(self, model, vocab_file: str, k: int, popular: np.ndarray,
                  exclude_seen: bool, max_seen: int, session_capacity: int,
                  session_idle_seconds: float, limits: ServingLimits | None = None,
-                 score_precision: str = "float32"):
+                 score_precision: str = "float32", score_shards: int = 2):
         super().__init__(name="gru4rec_serving")
         self._holder = _Untracked(model)  # ExportArchive saves the variables the graph reads
         self.layer_sizes = list(model.layer_sizes)
@@ -168,6 +170,7 @@ class ServingModule(tf.Module):
                 name="seen")
         self.last_sweep = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="last_sweep")
         self._build_score_table(model, score_precision)
+        self.shard_bounds = shard_bounds(self.n_items, self.k, score_shards)
         self._build_signatures()
 
     def _build_score_table(self, model, precision: str) -> None:
@@ -185,20 +188,36 @@ class ServingModule(tf.Module):
             self.score_table = tf.Variable(table, trainable=False, name="item_weights_int8")
             self.score_scale = tf.Variable(scale, trainable=False, name="item_weights_scale")
 
+    def _shard_scores(self, hidden):
+        """Scores of every item for GRU outputs hidden [B, H], as one [B, rows] block per
+        shard of the item table (`score_shards`): independent products that run in parallel
+        (a batch-1 product alone uses one core). Shards are row slices of the table that
+        start on 64-byte boundaries, so slicing copies nothing."""
+        weights = self._model.item_scores.item_weights
+        bias = self._model.item_scores.item_bias
+        if self.score_precision == "int8":
+            hidden_q, hidden_scale = quantize_rows(hidden)
+        blocks = []
+        for start, stop in zip(self.shard_bounds[:-1], self.shard_bounds[1:], strict=True):
+            if self.score_precision == "float32":
+                products = tf.matmul(hidden, weights[start:stop], transpose_b=True)
+            elif self.score_precision == "bfloat16":
+                products = tf.cast(tf.matmul(tf.cast(hidden, tf.bfloat16),
+                                             self.score_table[start:stop], transpose_b=True),
+                                   tf.float32)
+            else:
+                products = tf.raw_ops.BatchMatMulV3(
+                    x=hidden_q[None], y=self.score_table[start:stop][None], Tout=tf.int32,
+                    adj_y=True)[0]
+                products = (tf.cast(products, tf.float32) * hidden_scale[:, None]
+                            * self.score_scale[start:stop][None, :])
+            blocks.append(products + bias[start:stop])  # (B, stop - start)
+        return blocks
+
     def _score_all(self, hidden):
         """Scores of every item [B, n_items] for GRU outputs hidden [B, H]."""
-        if self.score_precision == "float32":
-            return self._model.score_all(hidden)
-        bias = self._model.item_scores.item_bias
-        if self.score_precision == "bfloat16":
-            products = tf.matmul(tf.cast(hidden, tf.bfloat16), self.score_table,
-                                 transpose_b=True)
-            return tf.cast(products, tf.float32) + bias
-        hidden_q, hidden_scale = quantize_rows(hidden)
-        products = tf.raw_ops.BatchMatMulV3(x=hidden_q[None], y=self.score_table[None],
-                                            Tout=tf.int32, adj_y=True)[0]  # (B, n_items)
-        return (tf.cast(products, tf.float32) * hidden_scale[:, None] * self.score_scale[None, :]
-                + bias)
+        blocks = self._shard_scores(hidden)
+        return blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
 
     @property
     def _model(self):
@@ -222,17 +241,31 @@ class ServingModule(tf.Module):
     def _top_k(self, hidden, fallback, seen=None):
         """hidden [B, H], fallback bool [B], seen int64 [B, T] (-1 = none) ->
         (item_ids string [B, K], scores float32 [B, K])."""
-        scores = self._score_all(hidden)  # (B, n_items)
-        if seen is not None:
-            batch_rows = tf.broadcast_to(tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
-                                         tf.shape(seen, out_type=tf.int64))
-            mask = seen >= 0
-            indices = tf.stack([tf.boolean_mask(batch_rows, mask), tf.boolean_mask(seen, mask)],
-                               axis=1)
-            scores = tf.tensor_scatter_nd_update(
-                scores, indices, tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
-        values, indices = tf.math.top_k(scores, k=self.k)  # (B, K)
-        indices = tf.cast(indices, tf.int64)
+        if seen is None and len(self.shard_bounds) > 2:
+            # Top-K of each shard, then of their candidates: the same items and ties as one
+            # top-K (candidates are in item order, top_k prefers the lower index on ties).
+            values, indices = [], []
+            for start, block in zip(self.shard_bounds[:-1], self._shard_scores(hidden),
+                                    strict=True):
+                top = tf.math.top_k(block, k=self.k)
+                values.append(top.values)
+                indices.append(tf.cast(top.indices, tf.int64) + start)
+            values, picked = tf.math.top_k(tf.concat(values, axis=1), k=self.k)  # (B, K)
+            indices = tf.gather(tf.concat(indices, axis=1), picked, batch_dims=1)
+        else:
+            scores = self._score_all(hidden)  # (B, n_items)
+            if seen is not None:
+                batch_rows = tf.broadcast_to(
+                    tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
+                    tf.shape(seen, out_type=tf.int64))
+                mask = seen >= 0
+                indices = tf.stack([tf.boolean_mask(batch_rows, mask),
+                                    tf.boolean_mask(seen, mask)], axis=1)
+                scores = tf.tensor_scatter_nd_update(
+                    scores, indices,
+                    tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
+            values, indices = tf.math.top_k(scores, k=self.k)  # (B, K)
+            indices = tf.cast(indices, tf.int64)
         fallback = fallback[:, None]
         indices = tf.where(fallback, self.popular[None, :], indices)
         values = tf.where(fallback, tf.zeros_like(values), values)
@@ -479,6 +512,20 @@ class ServingModule(tf.Module):
                                      input_signature=[tf.TensorSpec([None, None], tf.string)])
         self.lookup = tf.function(lookup, autograph=False, input_signature=[string_batch])
         self.session_count = tf.function(session_count, autograph=False, input_signature=[])
+
+
+def shard_bounds(n_items: int, k: int, shards: int) -> list[int]:
+    """Row boundaries [0, ..., n_items] of at most `shards` blocks of at least max(k, 16) rows,
+    each starting at a multiple of 16 rows (a 64-byte boundary for any row width)."""
+    if isinstance(shards, bool) or int(shards) != shards or shards < 1:
+        raise ValueError(f"`score_shards` should be a positive integer. Received: {shards!r}")
+    shards = max(1, min(int(shards), n_items // max(k, 16)))
+    step = -(-n_items // shards)
+    step = -(-step // 16) * 16
+    bounds = list(range(0, n_items, step)) + [n_items]
+    while len(bounds) > 2 and bounds[-1] - bounds[-2] < k:  # every block holds k items
+        del bounds[-2]
+    return bounds
 
 
 def quantize_rows(matrix):
