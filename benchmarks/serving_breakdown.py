@@ -9,7 +9,7 @@ session-based loader (`SessionBundle`) and:
     kernel time of each op type over the traced calls: hash-table lookups and inserts, string
     ops, the GRU's products, the scoring product, top-k, control flow of the duplicate rounds,
     the sweep check;
-  - the same for the reduced-precision scoring tables (`--precisions`).
+  - the same for each scoring table (`--tables`: precision and number of row blocks).
 
   PYTHONPATH=. python benchmarks/serving_breakdown.py [--items 50000] [--units 100]
 
@@ -47,13 +47,14 @@ GROUPS = {
                                               "LookupTableRemoveV2", "LookupTableSizeV2",
                                               "LookupTableExportV2"),
     "scoring product and bias": ("MatMul", "_MklMatMul", "BatchMatMulV3", "BiasAdd",
-                                 "_MklNativeMatMul", "_MklNativeBatchMatMulV2"),
+                                 "_MklNativeMatMul", "_MklNativeBatchMatMulV2",
+                                 "_MklNativeFusedMatMul", "_FusedMatMul"),
     "top-k": ("TopKV2",),
     "string ops": ("StringLength", "Unique", "UniqueV2"),
 }
 
 
-def export_random(base: str, n_items: int, units: int, precision: str) -> str:
+def export_random(base: str, n_items: int, units: int, precision: str, shards: int) -> str:
     config = TrainConfig(layers=[units], batch_size=32, n_sample=0, jit_compile=False, seed=0)
     model = build_model(config, n_items, item_support=np.random.default_rng(0).integers(
         1, 1000, n_items))
@@ -62,7 +63,8 @@ def export_random(base: str, n_items: int, units: int, precision: str) -> str:
         if variable.trainable:
             variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
     vocabulary = ItemVocabulary(np.arange(n_items, dtype=np.int64) + 100_000_000)
-    return export_model(model, vocabulary, base, k=20, score_precision=precision)
+    return export_model(model, vocabulary, base, k=20, score_precision=precision,
+                        score_shards=shards)
 
 
 def p50_ms(call, calls: int, seconds: float) -> float:
@@ -134,7 +136,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--units", type=int, default=100)
-    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16", "int8"])
+    parser.add_argument("--tables", nargs="+",
+                        default=["float32:1", "float32:2", "bfloat16:2", "int8:2"],
+                        help="scoring tables to measure, as PRECISION:SHARDS")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", default=RESULTS)
@@ -145,25 +149,28 @@ def main(argv=None) -> int:
                          + " ".join(argv if argv is not None else sys.argv[1:]),
               "items": args.items, "units": args.units, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in args.precisions:
-            path = export_random(os.path.join(tmp, precision), args.items, args.units, precision)
+        for table in args.tables:
+            precision, shards = table.split(":")
+            path = export_random(os.path.join(tmp, table.replace(":", "-")), args.items,
+                                 args.units, precision, int(shards))
             with SessionBundle(path) as bundle:
                 result = {"p50_ms": signature_times(bundle, args.items, args.units, args.calls,
                                                     args.seconds),
                           "trace": traced_breakdown(bundle, args.items, 200)}
-            report["results"][precision] = result
-            print(precision, json.dumps(result["p50_ms"]), flush=True)
+            report["results"][table] = result
+            print(table, json.dumps(result["p50_ms"]), flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
-    print("\n| scoring table | lookup | step | serving_default | click |\n|---|---|---|---|---|")
-    for precision, result in report["results"].items():
+    print("\n| scoring table:shards | lookup | step | serving_default | click |\n"
+          "|---|---|---|---|---|")
+    for table, result in report["results"].items():
         p = result["p50_ms"]
-        print(f"| {precision} | {p['lookup']:.3f} | {p['step']:.3f} | "
+        print(f"| {table} | {p['lookup']:.3f} | {p['step']:.3f} | "
               f"{p['serving_default']:.3f} | {p['click']:.3f} |")
     print("\nserving_default, kernel time per call (us):")
-    for precision, result in report["results"].items():
-        print(precision, {k: round(v) for k, v in result["trace"]["kernel_us_by_group"].items()})
+    for table, result in report["results"].items():
+        print(table, {k: round(v) for k, v in result["trace"]["kernel_us_by_group"].items()})
     return 0
 
 

@@ -169,49 +169,73 @@ class ServingModule(tf.Module):
                 tf.string, tf.int64, default_value=tf.constant([-1] * self.max_seen, tf.int64),
                 name="seen")
         self.last_sweep = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="last_sweep")
-        self._build_score_table(model, score_precision)
-        self.shard_bounds = shard_bounds(self.n_items, self.k, score_shards)
+        self.embedding_mode = model.embedding_mode
+        self._build_score_table(model, score_precision, score_shards)
         self._build_signatures()
 
-    def _build_score_table(self, model, precision: str) -> None:
-        """Reduced-precision copies of the item table for scoring (see `score_precision`)."""
+    def _build_score_table(self, model, precision: str, shards: int) -> None:
+        """The item table as row blocks (`shard_bounds`), one variable per block and
+        precision: float32 blocks (scoring at float32, and the tied input embedding of the
+        constrained mode) and the reduced-precision blocks of `score_precision`. Only the
+        blocks a signature reads are saved."""
         if precision not in SCORE_PRECISIONS:
             raise ValueError(f"`score_precision` should be one of {SCORE_PRECISIONS}. "
                              f"Received: {precision!r}")
         self.score_precision = precision
-        weights = model.item_scores.item_weights
-        if precision == "bfloat16":
-            self.score_table = tf.Variable(tf.cast(weights.value, tf.bfloat16), trainable=False,
-                                           name="item_weights_bfloat16")
-        elif precision == "int8":
-            table, scale = quantize_rows(np.asarray(weights.numpy()))
-            self.score_table = tf.Variable(table, trainable=False, name="item_weights_int8")
-            self.score_scale = tf.Variable(scale, trainable=False, name="item_weights_scale")
+        self.shard_bounds = shard_bounds(self.n_items, self.k, shards)
+        weights = np.asarray(model.item_scores.item_weights.numpy())
+        bias = np.asarray(model.item_scores.item_bias.numpy())
+        self.table_blocks, self.bias_blocks, self.score_blocks, self.scale_blocks = [], [], [], []
+        for i, (start, stop) in enumerate(zip(self.shard_bounds[:-1], self.shard_bounds[1:],
+                                              strict=True)):
+            block = weights[start:stop]
+            self.table_blocks.append(tf.Variable(block, trainable=False, name=f"items_{i}"))
+            self.bias_blocks.append(tf.Variable(bias[start:stop], trainable=False,
+                                                name=f"item_bias_{i}"))
+            if precision == "bfloat16":
+                self.score_blocks.append(tf.Variable(tf.cast(block, tf.bfloat16),
+                                                     trainable=False, name=f"items_bf16_{i}"))
+            elif precision == "int8":
+                table, scale = quantize_rows(block)
+                self.score_blocks.append(tf.Variable(table, trainable=False,
+                                                     name=f"items_int8_{i}"))
+                self.scale_blocks.append(tf.Variable(scale, trainable=False,
+                                                     name=f"items_scale_{i}"))
+            else:
+                self.score_blocks.append(self.table_blocks[-1])
+
+    def _item_rows(self, item_idx):
+        """Rows of the float32 item table for indices [M] (all valid): [M, H]."""
+        rows = None
+        for start, stop, block in zip(self.shard_bounds[:-1], self.shard_bounds[1:],
+                                      self.table_blocks, strict=True):
+            inside = (item_idx >= start) & (item_idx < stop)
+            # Gather from the read value: a gather on the variable itself (ResourceGather)
+            # would switch it to copy-on-read, and every scoring read would copy the block.
+            taken = tf.gather(block.value(),
+                              tf.clip_by_value(item_idx - start, 0, stop - start - 1))
+            rows = taken if rows is None else tf.where(inside[:, None], taken, rows)
+        return rows
 
     def _shard_scores(self, hidden):
         """Scores of every item for GRU outputs hidden [B, H], as one [B, rows] block per
-        shard of the item table (`score_shards`): independent products that run in parallel
-        (a batch-1 product alone uses one core). Shards are row slices of the table that
-        start on 64-byte boundaries, so slicing copies nothing."""
-        weights = self._model.item_scores.item_weights
-        bias = self._model.item_scores.item_bias
+        row block of the item table (`score_shards`): independent products that run in
+        parallel (a batch-1 product alone uses one core)."""
         if self.score_precision == "int8":
             hidden_q, hidden_scale = quantize_rows(hidden)
         blocks = []
-        for start, stop in zip(self.shard_bounds[:-1], self.shard_bounds[1:], strict=True):
+        for i, table in enumerate(self.score_blocks):
             if self.score_precision == "float32":
-                products = tf.matmul(hidden, weights[start:stop], transpose_b=True)
+                products = tf.matmul(hidden, table, transpose_b=True)
             elif self.score_precision == "bfloat16":
-                products = tf.cast(tf.matmul(tf.cast(hidden, tf.bfloat16),
-                                             self.score_table[start:stop], transpose_b=True),
-                                   tf.float32)
+                products = tf.cast(tf.matmul(tf.cast(hidden, tf.bfloat16), table,
+                                             transpose_b=True), tf.float32)
             else:
-                products = tf.raw_ops.BatchMatMulV3(
-                    x=hidden_q[None], y=self.score_table[start:stop][None], Tout=tf.int32,
-                    adj_y=True)[0]
+                products = tf.raw_ops.BatchMatMulV3(x=hidden_q[None], y=table[None],
+                                                    Tout=tf.int32, adj_y=True)[0]
                 products = (tf.cast(products, tf.float32) * hidden_scale[:, None]
-                            * self.score_scale[start:stop][None, :])
-            blocks.append(products + bias[start:stop])  # (B, stop - start)
+                            * self.scale_blocks[i][None, :])
+            blocks.append(products + self.bias_blocks[i])  # (B, rows of block i)
         return blocks
 
     def _score_all(self, hidden):
@@ -229,8 +253,12 @@ class ServingModule(tf.Module):
         new state [M, S])."""
         states = tf.split(state, self.layer_sizes, axis=1) if len(self.layer_sizes) > 1 else [
             state]
-        hidden, new_states = self._model.step(tf.cast(item_idx, tf.int32), states,
-                                              training=False)
+        if self.embedding_mode == "constrained":  # the tied embedding: the table's blocks
+            hidden, new_states = self._model.gru(self._item_rows(item_idx), states,
+                                                 training=False)
+        else:
+            hidden, new_states = self._model.step(tf.cast(item_idx, tf.int32), states,
+                                                  training=False)
         new_state = tf.concat(new_states, axis=1) if len(new_states) > 1 else new_states[0]
         return hidden, new_state
 
