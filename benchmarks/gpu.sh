@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark: one prepared script for a lent GPU machine (finishes in well under 8 minutes).
 # Installs what it needs, checks the GPU is seen, then measures training events/s (the compiled
-# XLA block, fp32; no mixed-precision variant yet) and single-step serving latency, and prints
-# a short table.
+# XLA block, fp32; no mixed-precision variant yet) and serving (latency, breakdown, throughput
+# on TF Serving's loading path), and prints a short table.
 #   bash benchmarks/gpu.sh [OUT_DIR]
 # Needs a machine that can pip-install TensorFlow 2.21 with CUDA (or has it). The GPU machines
 # this project's sessions may be lent have no TensorFlow, no network, and a 64 MiB limit on what
@@ -23,7 +23,14 @@ PY
 # Training: rsc15-xe settings on synthetic logs (10k and 1M items), 2 epochs of 1,500 steps.
 timeout 300 python3 benchmarks/run.py --repeats 1 --epochs 2 --synthetic-items 10000 1000000 \
   --synthetic-steps 1500 --data /nonexistent --out "$OUT/gpu_speed.json"
-# Serving latency at batch 1 (in-process SavedModel and gRPC dev server), 50k items.
+# Serving, all on TF Serving's loading path (the session-based loader), 50k items:
+# latency at batch 1 in process and through the gRPC dev server; where a click's time goes
+# (float32 / bfloat16 / int8 scoring tables); throughput at 1, 8 and 32 clients with and
+# without TF Serving's batching (50k and 1M items, 100 units).
 timeout 200 python3 benchmarks/serving_latency.py --seconds 5 --throughput-seconds 5 \
   --out "$OUT/gpu_serving_latency.json" || true
+timeout 300 python3 benchmarks/serving_breakdown.py --calls 500 --seconds 5 \
+  --out "$OUT/gpu_serving_breakdown.json" || true
+timeout 600 python3 benchmarks/serving_throughput.py --units 100 --seconds 5 \
+  --out "$OUT/gpu_serving_throughput.json" || true
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true

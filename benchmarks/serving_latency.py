@@ -1,8 +1,9 @@
 """Serving latency and throughput of an exported GRU4Rec (random weights; 50k items).
 
 For each GRU size (100 and 1000 units by default) the model is exported once, then:
-  - in-process: the SavedModel's `serving_default` (stateful step) and `step` (stateless)
-    signatures called directly at batch 1, p50/p99 over a bounded number of calls;
+  - in-process: the `serving_default` (stateful step) and `step` (stateless) signatures run
+    on TF Serving's loading path (`SessionBundle`) at batch 1, p50/p99 over a bounded number
+    of calls;
   - gRPC: the same stateful step through the development server on loopback (127.0.0.1),
     one client, batch 1;
   - throughput: 8 client threads, each with its own channel and sessions, batch 1, for a fixed
@@ -35,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 from tf_gru4rec.config import TrainConfig  # noqa: E402
 from tf_gru4rec.data.vocabulary import ItemVocabulary  # noqa: E402
 from tf_gru4rec.export import export_model  # noqa: E402
+from tf_gru4rec.serving.bundle import SessionBundle  # noqa: E402
 from tf_gru4rec.serving.client import PredictionClient  # noqa: E402
 from tf_gru4rec.serving.dev_server import DevServer  # noqa: E402
 from tf_gru4rec.training import build_model  # noqa: E402
@@ -73,19 +75,20 @@ def export_random(units: int, n_items: int, base: str) -> str:
 
 
 def in_process(path: str, n_items: int, units: int, max_calls: int, max_seconds: float) -> dict:
-    loaded = tf.saved_model.load(path)
-    serve, step = loaded.signatures["serving_default"], loaded.signatures["step"]
+    """Batch-1 signatures on TF Serving's loading path (`SessionBundle`)."""
+    bundle = SessionBundle(path)
     rng = np.random.default_rng(1)
-    items = [str(x) for x in rng.integers(0, n_items, 4096) + 100_000_000]
+    items = (rng.integers(0, n_items, 4096) + 100_000_000).astype(str).astype(object)
 
     def stateful(i):
-        serve(session_id=tf.constant([f"s{i % N_SESSIONS}"]),
-              item_id=tf.constant([items[i % len(items)]]))
+        bundle.run("serving_default", {"session_id": np.asarray([f"s{i % N_SESSIONS}"], object),
+                                       "item_id": items[i % len(items): i % len(items) + 1]})
 
-    state = tf.zeros((1, units))
+    state = np.zeros((1, units), np.float32)
 
     def stateless(i):
-        step(item_id=tf.constant([items[i % len(items)]]), state=state)
+        bundle.run("step", {"item_id": items[i % len(items): i % len(items) + 1],
+                            "state": state})
 
     return {"stateful": timed_loop(stateful, max_calls, max_seconds),
             "stateless": timed_loop(stateless, max_calls, max_seconds)}
