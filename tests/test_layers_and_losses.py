@@ -70,7 +70,7 @@ def test_initialisation_range_and_config_round_trip():
     assert np.abs(stack.input_kernels[0].numpy()).max() <= limit
     assert np.abs(stack.input_kernels[0].numpy()).max() > 0.8 * limit
     clone = GRUStack.from_config(stack.get_config())
-    assert clone.units == [10] and clone.dropout == 0.0
+    assert clone.units == [10] and clone.dropout == [0.0]
 
 
 def test_item_scores_sampled_and_full(rng):
