@@ -187,3 +187,25 @@ def test_hash_uniform_is_uniform_independent_and_the_same_under_xla():
     assert abs(np.corrcoef(draws[0].ravel(), draws[1].ravel())[0, 1]) < 0.01
     compiled = tf.function(hash_uniform, jit_compile=True)((400, 250), tf.constant([7, 1]))
     np.testing.assert_array_equal(compiled.numpy(), draws[1])
+
+
+@pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False, "embedding": 40},
+                                  {"constrained_embedding": False, "embedding": 0}])
+def test_no_two_weights_share_a_random_stream(mode):
+    """With a fixed seed every initialiser draws its own numbers: no weight is another one's
+    numbers (or a prefix of them) rescaled, as when all initialisers share one stream."""
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.training import build_model
+
+    config = TrainConfig(layers=[32, 32], batch_size=4, seed=0, **mode)
+    model = build_model(config, 200)
+    matrices = {w.path: w.numpy().ravel() for w in model.trainable_weights if len(w.shape) == 2}
+    assert len(matrices) == 7 + ("embedding" in str(list(matrices)))
+    names = sorted(matrices)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            n = min(len(matrices[a]), len(matrices[b]))  # >= 1024
+            corr = np.corrcoef(matrices[a][:n], matrices[b][:n])[0, 1]
+            assert abs(corr) < 0.15, (a, b, corr)
+            ratio = np.abs(matrices[a][:n]) / np.maximum(np.abs(matrices[b][:n]), 1e-12)
+            assert np.std(ratio) > 1e-3, (a, b)  # not identical up to scale
