@@ -209,3 +209,14 @@ def test_no_two_weights_share_a_random_stream(mode):
             assert abs(corr) < 0.15, (a, b, corr)
             ratio = np.abs(matrices[a][:n]) / np.maximum(np.abs(matrices[b][:n]), 1e-12)
             assert np.std(ratio) > 1e-3, (a, b)  # not identical up to scale
+
+
+def test_gru_stack_takes_one_dropout_rate_per_layer():
+    stack = GRUStack([64, 64], dropout=[0.1, 0.6], seed=3)
+    stack.build((None, 4))
+    out, states = stack(np.ones((64, 4), "float32"), stack.initial_states(64), training=True)
+    assert abs((np.asarray(states[0]) == 0).mean() - 0.1) < 0.03
+    assert abs((np.asarray(out) == 0).mean() - 0.6) < 0.03
+    assert GRUStack.from_config(stack.get_config()).dropout == [0.1, 0.6]
+    with pytest.raises(ValueError, match="one such rate per layer"):
+        GRUStack([4, 4], dropout=[0.1])

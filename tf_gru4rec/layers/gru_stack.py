@@ -71,8 +71,8 @@ class GRUStack(keras.layers.Layer):
         if not self.units or min(self.units) < 1:
             raise ValueError(
                 f"`units` should be a non-empty list of positive ints. Received: {units}")
-        rates = ([float(dropout)] * len(self.units) if isinstance(dropout, (int, float))
-                 else [float(p) for p in dropout])
+        rates = ([float(p) for p in dropout] if isinstance(dropout, (list, tuple))
+                 else [float(dropout)] * len(self.units))
         if len(rates) != len(self.units) or not all(0.0 <= p < 1.0 for p in rates):
             raise ValueError("`dropout` should be a rate in [0, 1) or one such rate per layer "
                              f"({len(self.units)}). Received: {dropout}")
