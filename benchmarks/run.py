@@ -49,7 +49,7 @@ ORIGINAL_PARAMS = {
                 "dropout_p_hidden=0.4,learning_rate=0.2,momentum=0.2,n_sample=2048,"
                 "sample_alpha=0.5,bpreg=0.0,logq=1.0",
     "paper2016-xe": "loss=cross-entropy,constrained_embedding=False,embedding=0,elu_param=0,"
-                    "layers=100,n_epochs={epochs},batch_size=50,dropout_p_embed=0.5,"
+                    "layers=100,n_epochs={epochs},batch_size=500,dropout_p_embed=0.0,"
                     "dropout_p_hidden=0.0,learning_rate=0.01,momentum=0.0,n_sample=0,"
                     "sample_alpha=0.0,bpreg=0.0,logq=0.0",
 }

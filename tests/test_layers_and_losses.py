@@ -70,7 +70,7 @@ def test_initialisation_range_and_config_round_trip():
     assert np.abs(stack.input_kernels[0].numpy()).max() <= limit
     assert np.abs(stack.input_kernels[0].numpy()).max() > 0.8 * limit
     clone = GRUStack.from_config(stack.get_config())
-    assert clone.units == [10] and clone.dropout == 0.0
+    assert clone.units == [10] and clone.dropout == [0.0]
 
 
 def test_item_scores_sampled_and_full(rng):
@@ -187,3 +187,36 @@ def test_hash_uniform_is_uniform_independent_and_the_same_under_xla():
     assert abs(np.corrcoef(draws[0].ravel(), draws[1].ravel())[0, 1]) < 0.01
     compiled = tf.function(hash_uniform, jit_compile=True)((400, 250), tf.constant([7, 1]))
     np.testing.assert_array_equal(compiled.numpy(), draws[1])
+
+
+@pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False, "embedding": 40},
+                                  {"constrained_embedding": False, "embedding": 0}])
+def test_no_two_weights_share_a_random_stream(mode):
+    """With a fixed seed every initialiser draws its own numbers: no weight is another one's
+    numbers (or a prefix of them) rescaled, as when all initialisers share one stream."""
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.training import build_model
+
+    config = TrainConfig(layers=[32, 32], batch_size=4, seed=0, **mode)
+    model = build_model(config, 200)
+    matrices = {w.path: w.numpy().ravel() for w in model.trainable_weights if len(w.shape) == 2}
+    assert len(matrices) == 7 + ("embedding" in str(list(matrices)))
+    names = sorted(matrices)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            n = min(len(matrices[a]), len(matrices[b]))  # >= 1024
+            corr = np.corrcoef(matrices[a][:n], matrices[b][:n])[0, 1]
+            assert abs(corr) < 0.15, (a, b, corr)
+            ratio = np.abs(matrices[a][:n]) / np.maximum(np.abs(matrices[b][:n]), 1e-12)
+            assert np.std(ratio) > 1e-3, (a, b)  # not identical up to scale
+
+
+def test_gru_stack_takes_one_dropout_rate_per_layer():
+    stack = GRUStack([64, 64], dropout=[0.1, 0.6], seed=3)
+    stack.build((None, 4))
+    out, states = stack(np.ones((64, 4), "float32"), stack.initial_states(64), training=True)
+    assert abs((np.asarray(states[0]) == 0).mean() - 0.1) < 0.03
+    assert abs((np.asarray(out) == 0).mean() - 0.6) < 0.03
+    assert GRUStack.from_config(stack.get_config()).dropout == [0.1, 0.6]
+    with pytest.raises(ValueError, match="one such rate per layer"):
+        GRUStack([4, 4], dropout=[0.1])

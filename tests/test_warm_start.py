@@ -44,3 +44,31 @@ def test_cli_warm_start_appends_new_items(tmp_path):
     grown = load_model_dir(str(tmp_path / "m2"))
     np.testing.assert_array_equal(grown.vocabulary.raw_ids, [1, 2, 3, 4, 5])
     assert grown.model.n_items == 5
+
+
+def test_cli_warm_start_keeps_the_old_items_scores(tmp_path):
+    """The warm-started run starts from the old weights: with a negligible learning rate the
+    old items' scores after `train --warm-start` are the first model's (a fresh model's are
+    far off), and the new items get columns of their own."""
+    first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
+    first.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{i}\t{s * 10 + k}\n" for s in range(40) for k, i in enumerate((1, 2, 3, s % 4))))
+    second.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{i}\t{s * 10 + k}\n" for s in range(40) for k, i in enumerate((3, 4, 2, 5))))
+    tiny = ["--set", "layers=8", "--set", "batch_size=4", "--set", "n_sample=3", "--set",
+            "n_epochs=1", "--set", "jit_compile=false", "--verbose", "0"]
+    assert main(["-v", "WARNING", "train", "--train", str(first), "--out",
+                 str(tmp_path / "m1"), *tiny]) == 0
+    assert main(["-v", "WARNING", "train", "--train", str(second), "--out",
+                 str(tmp_path / "m2"), "--warm-start", str(tmp_path / "m1"), *tiny,
+                 "--set", "learning_rate=1e-7"]) == 0
+    old, grown = (load_model_dir(str(tmp_path / name)) for name in ("m1", "m2"))
+    n_old = len(old.vocabulary)
+    np.testing.assert_array_equal(grown.vocabulary.raw_ids[:n_old], old.vocabulary.raw_ids)
+    ids = np.arange(n_old, dtype="int32")
+    before = old.model(ids).numpy()
+    after = grown.model(ids).numpy()
+    np.testing.assert_allclose(after[:, :n_old], before, atol=1e-3)
+    fresh = build_model(old.config, n_old)(ids).numpy()
+    assert np.abs(fresh - before).max() > 0.05  # the check above can tell the two apart
+    assert after.shape == (n_old, len(grown.vocabulary)) and len(grown.vocabulary) > n_old

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec import losses, xla_flags
-from tf_gru4rec.layers import GRUStack, HashDropout, ItemScores
+from tf_gru4rec.layers import BlockGlorotUniform, GRUStack, HashDropout, ItemScores, weight_seed
+
+logger = logging.getLogger(__name__)
 
 xla_flags.apply()  # before the first XLA compilation of the process (see xla_flags)
 
@@ -25,17 +29,23 @@ class GRU4Rec(keras.Model):
       embedding: size of a separate learned input embedding; 0 means none (one-hot input).
       constrained_embedding: tie the input embedding to the output item vectors (then
         `embedding` is ignored and the input size is `layers[-1]`).
-      dropout_p_embed: dropout on the input embedding (no effect in one-hot mode).
-      dropout_p_hidden: dropout on each GRU layer's output.
+      dropout_p_embed: dropout on the input embedding; in one-hot mode, where the first GRU
+        layer is the embedding, dropout on the first layer's output (as in the original
+        PyTorch port).
+      dropout_p_hidden: dropout on each GRU layer's output (in one-hot mode: on each layer's
+        but the first).
       loss: "cross-entropy", "bpr-max", "top1-max", "bpr" or "top1".
       final_act: activation on the scores before the loss: "linear", "tanh" or "elu"
         (elu with `elu_param`); None picks "elu" for bpr-max with elu_param > 0, else linear.
       bpreg: score regularisation of bpr-max.
       elu_param: alpha of the elu final activation.
-      logq: weight of the logQ correction (subtract logq * log(sampling probability)).
+      logq: weight of the logQ correction: logq * log(support) (in-batch targets) and
+        logq * sample_alpha * log(support) (extra negatives) are subtracted from the scores
+        before the final activation, for every loss (as in the original Theano code; for
+        cross-entropy that equals the PyTorch port, which applies it to cross-entropy only).
       sample_alpha: the exponent the extra negatives were drawn with (used by logq).
       batch_size: number of session-parallel slots B in training (fixes the state shape).
-      seed: seeds the initialisation and dropout.
+      seed: seeds the initialisation (each weight its own stream) and dropout.
 
     Training data: dicts from `SessionParallelInput.dataset()` (inputs, targets, reset,
     valid, negatives). The hidden state of the B slots lives in non-trainable variables: each
@@ -72,18 +82,33 @@ class GRU4Rec(keras.Model):
         self.item_scores = ItemScores(self.n_items, self.layer_sizes[-1], seed=seed,
                                       name="item_scores")
         self.input_embedding = (
-            keras.layers.Embedding(self.n_items, self.embedding, name="input_embedding",
-                                   embeddings_initializer=keras.initializers.GlorotUniform(seed))
+            keras.layers.Embedding(
+                self.n_items, self.embedding, name="input_embedding",
+                embeddings_initializer=BlockGlorotUniform(1, weight_seed(seed, "embedding")))
             if self.embedding_mode == "separate" else None)
         self.embedding_dropout = HashDropout(
             self.dropout_p_embed, seed=None if seed is None else seed + 7)
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
-                            dropout=self.dropout_p_hidden, seed=seed, name="gru")
+                            dropout=self._layer_dropout(), seed=seed, name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # "full" or None: see `compile` and `_compiled_block`.
         self.step_compilation = None
         self._train_step_fn = None  # built by `_compiled_block`
         self._train_step_mode = None
+
+    def _layer_dropout(self):
+        """Dropout rate after each GRU layer. In one-hot mode the first layer is the input
+        embedding (the original PyTorch port's `GRUEmbedding`), so its output takes
+        `dropout_p_embed` and the later layers `dropout_p_hidden`."""
+        rates = [self.dropout_p_hidden] * len(self.layer_sizes)
+        if self.embedding_mode != "one-hot":
+            return rates
+        if len(rates) == 1 and self.dropout_p_hidden > 0:
+            logger.warning(
+                "dropout_p_hidden=%g has no layer to act on: in one-hot mode (embedding=0, "
+                "constrained_embedding=False) the dropout of the first (here the only) GRU "
+                "layer is dropout_p_embed, as in the original", self.dropout_p_hidden)
+        return [self.dropout_p_embed] + rates[1:]
 
     # ----------------------------------------------------------------- building blocks
     def build(self, input_shape=None):
@@ -149,8 +174,8 @@ class GRU4Rec(keras.Model):
         """
         batch = ops.shape(targets)[0]
         columns = targets if negatives is None else ops.concatenate([targets, negatives])
-        scores = self._activate(self.item_scores.sampled(hidden, columns))  # (B, C)
-        if self.logq > 0:
+        scores = self.item_scores.sampled(hidden, columns)  # (B, C)
+        if self.logq > 0:  # before the final activation, as in the original
             log_q = ops.take(self.log_support, columns)  # (C,)
             if negatives is not None:
                 n_sample = ops.shape(negatives)[0]
@@ -158,6 +183,7 @@ class GRU4Rec(keras.Model):
                                          ops.full((n_sample,), self.sample_alpha)])
                 log_q = log_q * scale
             scores = scores - self.logq * log_q
+        scores = self._activate(scores)
         column_valid = valid if negatives is None else ops.concatenate(
             [valid, ops.ones((ops.shape(negatives)[0],))])
         if self.loss_name == "cross-entropy":

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import keras
 from keras import ops
 
 from tf_gru4rec.layers.dropout import HashDropout
+
+
+def weight_seed(seed, name: str):
+    """The seed of one weight's initialiser: a function of the layer seed and the weight's
+    name, so that no two weights share a random stream (None stays None: unseeded)."""
+    if seed is None:
+        return None
+    return zlib.crc32(f"{int(seed)}/{name}".encode()) & 0x7FFFFFFF
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
@@ -48,7 +57,8 @@ class GRUStack(keras.layers.Layer):
       one_hot_items: if > 0, the first layer takes item indices [B] of a catalogue of this
         size: its input weights are a [one_hot_items, 3 * units[0]] table, which equals a
         one-hot input times a dense matrix without building the one-hot vector.
-      dropout: dropout rate on layer outputs during training.
+      dropout: dropout rate on layer outputs during training: one rate for every layer, or a
+        list of one rate per layer.
       seed: seed of the initialisers and of dropout.
 
     Call: `outputs, states = stack(x, states, training)` with x [B, D] (or int [B] item
@@ -61,14 +71,16 @@ class GRUStack(keras.layers.Layer):
         if not self.units or min(self.units) < 1:
             raise ValueError(
                 f"`units` should be a non-empty list of positive ints. Received: {units}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` should be in [0, 1). Received: {dropout}")
+        rates = ([float(p) for p in dropout] if isinstance(dropout, (list, tuple))
+                 else [float(dropout)] * len(self.units))
+        if len(rates) != len(self.units) or not all(0.0 <= p < 1.0 for p in rates):
+            raise ValueError("`dropout` should be a rate in [0, 1) or one such rate per layer "
+                             f"({len(self.units)}). Received: {dropout}")
         self.one_hot_items = int(one_hot_items)
-        self.dropout = float(dropout)
+        self.dropout = rates
         self.seed = seed
         self._dropout_layers = [
-            HashDropout(dropout, seed=None if seed is None else seed + i)
-            for i in range(len(self.units))
+            HashDropout(p, seed=None if seed is None else seed + i) for i, p in enumerate(rates)
         ]
 
     def build(self, input_shape):
@@ -76,16 +88,17 @@ class GRUStack(keras.layers.Layer):
             [], [], [], [])
         in_dim = None if self.one_hot_items else int(input_shape[-1])
         for i, h in enumerate(self.units):
-            seed = None if self.seed is None else self.seed * 101 + i
             rows = self.one_hot_items if (i == 0 and self.one_hot_items) else in_dim
-            self.input_kernels.append(self.add_weight(
-                shape=(rows, 3 * h), initializer=BlockGlorotUniform(3, seed), name=f"W_x{i}"))
-            self.recurrent_gates.append(self.add_weight(
-                shape=(h, 2 * h), initializer=BlockGlorotUniform(2, seed), name=f"U_rz{i}"))
-            self.recurrent_candidates.append(self.add_weight(
-                shape=(h, h), initializer=BlockGlorotUniform(1, seed), name=f"U_c{i}"))
+            self.input_kernels.append(self._weight((rows, 3 * h), 3, f"W_x{i}"))
+            self.recurrent_gates.append(self._weight((h, 2 * h), 2, f"U_rz{i}"))
+            self.recurrent_candidates.append(self._weight((h, h), 1, f"U_c{i}"))
             self.biases.append(self.add_weight(shape=(3 * h,), initializer="zeros", name=f"b{i}"))
             in_dim = h
+
+    def _weight(self, shape, blocks, name):
+        """A Glorot-uniform weight with its own random stream (see `weight_seed`)."""
+        initializer = BlockGlorotUniform(blocks, weight_seed(self.seed, f"gru/{name}"))
+        return self.add_weight(shape=shape, initializer=initializer, name=name)
 
     def initial_states(self, batch_size: int):
         """Zero states: a list of [batch_size, units[l]]."""

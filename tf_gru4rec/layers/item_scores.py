@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_gru4rec.layers.gru_stack import BlockGlorotUniform
+from tf_gru4rec.layers.gru_stack import BlockGlorotUniform, weight_seed
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
@@ -28,7 +28,8 @@ class ItemScores(keras.layers.Layer):
 
     def build(self, input_shape=None):
         self.item_weights = self.add_weight(
-            shape=(self.n_items, self.dim), initializer=BlockGlorotUniform(1, self.seed),
+            shape=(self.n_items, self.dim),
+            initializer=BlockGlorotUniform(1, weight_seed(self.seed, "item_weights")),
             name="item_weights")
         self.item_bias = self.add_weight(shape=(self.n_items,), initializer="zeros",
                                          name="item_bias")
