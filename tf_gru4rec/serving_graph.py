@@ -48,6 +48,12 @@ Semantics shared by the three scoring paths (so they give identical recommendati
   - with `exclude_seen`, items already clicked in the session are never recommended (the
     stateful path remembers the last `max_seen` items of each session).
 
+Scoring all items reads the whole item table, which sets the floor of a click's latency. The
+table is stored in `score_shards` row blocks (one variable each) scored in parallel, with a
+top-K per block merged into the same items and ties as one top-K; `score_precision` chooses a
+float32 (exact), bfloat16 or int8 (per-row scale) copy for scoring (BENCHMARKS.md measures
+both their speed and their accuracy).
+
 Limits (`ServingLimits`) are checked inside the graph, so TensorFlow Serving enforces them too:
 a request over a limit, inputs whose row counts differ, or a non-finite `state` is refused with
 INVALID_ARGUMENT and a message naming the inputs and the limit, before any state changes.
