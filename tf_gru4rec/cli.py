@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_serving",
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_prepare", "tf_gru4rec.cli_baselines",
+                                   "tf_gru4rec.cli_serving",
                                    "tf_gru4rec.cli_research"]
 
 
