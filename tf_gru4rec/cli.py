@@ -362,7 +362,10 @@ def main(argv=None) -> int:
         return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.log_level != "DEBUG":  # TensorFlow's C++ start-up lines only with -v debug
+        from tf_gru4rec.tf_quiet import hide_startup_lines
+
+        hide_startup_lines()
     try:
         return args.func(args)
     except (ValueError, OSError) as error:
@@ -371,6 +374,10 @@ def main(argv=None) -> int:
     except KeyError as error:
         types.fail(args.command, error.args[0] if error.args else error)
         return 2
+    finally:
+        from tf_gru4rec.tf_quiet import uninstall
+
+        uninstall()
 
 
 def entry() -> None:
