@@ -150,9 +150,10 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
     config = _config(args, overrides)
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install "
-                         "tensorboard (or tf-gru4rec[research])")
+    if args.tensorboard:
+        from tf_gru4rec.extras import require
+
+        require("--tensorboard", "tensorboard")
     logger.info("config: %s", config.to_dict())
     events = _read(args.train, args, "--train")
     _train_log(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()), "--train",
@@ -253,6 +254,9 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     from tf_gru4rec.demo import DemoOptions, format_summary, run_demo
+    from tf_gru4rec.extras import require
+
+    require("demo (it serves the model it trains)", "grpc", "tensorflow_serving")
     from tf_gru4rec.paths import check_output_dir
 
     check_output_dir(args.workdir, "--workdir")
@@ -373,6 +377,13 @@ def main(argv=None) -> int:
         return 2
     except KeyError as error:
         types.fail(args.command, error.args[0] if error.args else error)
+        return 2
+    except ModuleNotFoundError as error:  # a module of an optional extra, found missing late
+        from tf_gru4rec.extras import explain
+
+        if explain(error) is None:
+            raise
+        types.fail(args.command, explain(error))
         return 2
     finally:
         from tf_gru4rec.tf_quiet import uninstall

@@ -75,6 +75,9 @@ def _reproduce_command(args) -> str:
 
 
 def cmd_tune(args) -> int:
+    from tf_gru4rec.extras import require
+
+    require("tune", "optuna")
     from tf_gru4rec.cli import _json_out, _overrides, _preset, _read
     from tf_gru4rec.config_checks import check_config
     from tf_gru4rec.paths import check_input_file, check_output_file
