@@ -84,6 +84,17 @@ def test_the_separator_is_detected(tmp_path, sep):
     _check_hand_outputs(tmp_path / "out")
 
 
+def test_the_separator_splitting_every_line_alike_into_most_fields_wins(tmp_path):
+    frame = _frame().rename(columns={"ts": "Time"})
+    frame["price, EUR"] = [f"{i},99" for i in range(len(frame))]  # a decimal comma each line
+    assert detect_separator(_write(tmp_path / "euro.csv", frame, ";")) == ";"
+    frame = _frame().rename(columns={"ts": "Time"})
+    frame["tags (a,b,c,d,e)"] = ["x" + "," * (i % 3) for i in range(len(frame))]  # free text
+    assert detect_separator(_write(tmp_path / "tags.tsv", frame, "\t")) == "\t"
+    assert _prepare(tmp_path / "tags.tsv", tmp_path / "out") == 0
+    _check_hand_outputs(tmp_path / "out")
+
+
 @pytest.mark.parametrize("time_format,options", [
     ("s", ["--time-col", "ts"]),
     ("ms", ["--time-col", "ts"]),
