@@ -366,6 +366,9 @@ def main(argv=None) -> int:
         return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tf_gru4rec import xla_flags
+
+    xla_flags.apply()  # before TensorFlow loads (the quiet import below looks devices up)
     if args.log_level != "DEBUG":  # TensorFlow's C++ start-up lines only with -v debug
         from tf_gru4rec.tf_quiet import hide_startup_lines
 
