@@ -150,9 +150,10 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
     config = _config(args, overrides)
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install "
-                         "tensorboard (or tf-gru4rec[research])")
+    if args.tensorboard:
+        from tf_gru4rec.extras import require
+
+        require("--tensorboard", "tensorboard")
     logger.info("config: %s", config.to_dict())
     events = _read(args.train, args, "--train")
     _train_log(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()), "--train",
@@ -253,6 +254,9 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     from tf_gru4rec.demo import DemoOptions, format_summary, run_demo
+    from tf_gru4rec.extras import require
+
+    require("demo (it serves the model it trains)", "grpc", "tensorflow_serving")
     from tf_gru4rec.paths import check_output_dir
 
     check_output_dir(args.workdir, "--workdir")
@@ -348,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_baselines", "tf_gru4rec.cli_serving",
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_prepare", "tf_gru4rec.cli_baselines",
+                                   "tf_gru4rec.cli_serving",
                                    "tf_gru4rec.cli_research"]
 
 
@@ -361,7 +366,13 @@ def main(argv=None) -> int:
         return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tf_gru4rec import xla_flags
+
+    xla_flags.apply()  # before TensorFlow loads (the quiet import below looks devices up)
+    if args.log_level != "DEBUG":  # TensorFlow's C++ start-up lines only with -v debug
+        from tf_gru4rec.tf_quiet import hide_startup_lines
+
+        hide_startup_lines()
     try:
         return args.func(args)
     except (ValueError, OSError) as error:
@@ -370,6 +381,17 @@ def main(argv=None) -> int:
     except KeyError as error:
         types.fail(args.command, error.args[0] if error.args else error)
         return 2
+    except ModuleNotFoundError as error:  # a module of an optional extra, found missing late
+        from tf_gru4rec.extras import explain
+
+        if explain(error) is None:
+            raise
+        types.fail(args.command, explain(error))
+        return 2
+    finally:
+        from tf_gru4rec.tf_quiet import uninstall
+
+        uninstall()
 
 
 def entry() -> None:

@@ -1,4 +1,4 @@
-"""CLI subcommands for experiments: `prepare rsc15`, `reproduce` and `tune`.
+"""CLI subcommands for experiments: `reproduce` and `tune`.
 
 Importing this module stays light (argparse only); pandas, TensorFlow and Optuna load inside
 the commands.
@@ -22,34 +22,6 @@ SETTING_KEYS = ("top1-100", "bpr-100", "xe-100", "top1-1000", "bpr-1000", "xe-10
 BASELINE_NAMES = ("pop", "spop", "itemknn", "bprmf")
 TIE_MODES = ("standard", "conservative", "median")
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
-
-
-def cmd_prepare_rsc15(args) -> int:
-    from tf_gru4rec.cli import _json_out
-    from tf_gru4rec.data.io import read_yoochoose_clicks
-    from tf_gru4rec.data.rsc15 import prepare_rsc15, write_rsc15
-    from tf_gru4rec.paths import check_input_file, check_output_dir
-
-    check_input_file(args.clicks, "--clicks", "a yoochoose-clicks.dat file")
-    check_output_dir(args.out)
-    events = read_yoochoose_clicks(args.clicks)
-    frames, report = prepare_rsc15(events, test_seconds=args.test_days * 86_400.0,
-                                   min_session_length=args.min_session_length,
-                                   min_item_support=args.min_item_support)
-    empty = [name for name, frame in frames.items() if len(frame) == 0]
-    if empty:
-        raise ValueError(f"--clicks {args.clicks!r}: the protocol leaves no event in "
-                         f"{', '.join(empty)}; expected a longer log (or a smaller --test-days, "
-                         "--min-item-support)")
-    paths = write_rsc15(frames, args.out, prefix=args.prefix)
-    report["source"] = os.path.abspath(args.clicks)
-    report["files"] = paths
-    report_path = os.path.join(args.out, f"{args.prefix}_report.json")
-    with open(report_path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    _json_out({"files": paths, "report": report_path, "outputs": report["outputs"]})
-    return 0
 
 
 def cmd_reproduce(args) -> int:
@@ -103,6 +75,9 @@ def _reproduce_command(args) -> str:
 
 
 def cmd_tune(args) -> int:
+    from tf_gru4rec.extras import require
+
+    require("tune", "optuna")
     from tf_gru4rec.cli import _json_out, _overrides, _preset, _read
     from tf_gru4rec.config_checks import check_config
     from tf_gru4rec.paths import check_input_file, check_output_file
@@ -149,32 +124,8 @@ def cmd_tune(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add `prepare`, `reproduce` and `tune` to the `tf-gru4rec` parser."""
+    """Add `reproduce` and `tune` to the `tf-gru4rec` parser."""
     from tf_gru4rec.cli import _add_read_options
-
-    p = subparsers.add_parser("prepare", help="apply a paper's data protocol to a raw log")
-    datasets = p.add_subparsers(dest="dataset", required=True)
-    q = datasets.add_parser(
-        "rsc15",
-        help="RSC15: yoochoose-clicks.dat -> train_full / test / train_tr / train_valid",
-        description="Keep sessions >= 2 events, items >= 5 events, sessions >= 2 again; the "
-                    "sessions ending in the last --test-days are the test set (test items "
-                    "unknown to training and then short test sessions dropped); the same split "
-                    "inside train_full gives train_tr / train_valid. Writes tab-separated "
-                    "PREFIX_train_full.txt, PREFIX_test.txt, PREFIX_train_tr.txt, "
-                    "PREFIX_train_valid.txt and PREFIX_report.json (what each step removed).")
-    q.add_argument("--clicks", required=True,
-                   help="raw yoochoose-clicks.dat (session,ISO time,item,category; .gz too)")
-    q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
-                   help="length of the test (and validation) period in days (default: 1)")
-    q.add_argument("--min-session-length", type=types.integer(2), default=2,
-                   help="shortest session kept (default: 2)")
-    q.add_argument("--min-item-support", type=types.integer(1), default=5,
-                   help="fewest events of a kept item (default: 5)")
-    q.add_argument("--prefix", default="rsc15", type=types.name,
-                   help="output file name prefix (default: rsc15)")
-    q.set_defaults(func=cmd_prepare_rsc15)
 
     p = subparsers.add_parser(
         "reproduce",

@@ -16,6 +16,10 @@ logger = logging.getLogger("tf_gru4rec")
 
 def cmd_export(args) -> int:
     from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.extras import require
+
+    if not args.no_warmup:
+        require("export (its warmup requests; or give --no-warmup)", "tensorflow_serving")
 
     if args.version is not None and os.path.lexists(os.path.join(args.base, str(args.version))):
         # before loading TensorFlow; export_model checks again when it renames
@@ -55,6 +59,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from tf_gru4rec.extras import require
+
+    require("serve", "grpc", "tensorflow_serving")
     from tf_gru4rec.serving.dev_server import DevServer
 
     if not os.path.isdir(args.base):
@@ -75,6 +82,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from tf_gru4rec.extras import require
+
+    require("replay", "grpc", "tensorflow_serving")
     from tf_gru4rec.cli import _json_out
     from tf_gru4rec.cli_types import fail
     from tf_gru4rec.paths import check_input_file

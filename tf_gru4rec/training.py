@@ -26,6 +26,7 @@ from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.input_pipeline import SessionParallelInput
 from tf_gru4rec.model import GRU4Rec
 from tf_gru4rec.optimizers import AdagradM
+from tf_gru4rec.progress import StepProgress
 from tf_gru4rec.resume import TrainingBackup
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
         point = backup.restore(model)
         if point is not None:
             epoch, step = point.epoch, point.step
-        callbacks.append(backup)  # last: it records the logs the others have completed
+        callbacks.append(backup)  # it records the logs the others have completed
+    if verbose != 0:  # steps with a known total instead of Keras' blocks of unknown number
+        callbacks.append(StepProgress(source, config.n_epochs, 1 if verbose == "auto" else
+                                      verbose))
     logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
                 source.steps_per_epoch(), config.batch_size, config.n_epochs)
     start = time.perf_counter()
@@ -113,7 +117,7 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
         # The epoch length is unknown to Keras until the first epoch ends: not an error.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         fit = functools.partial(model.fit, source.dataset(blocks=True), shuffle=False,
-                                callbacks=callbacks, verbose=verbose)
+                                callbacks=callbacks, verbose=0)
         if step and epoch < config.n_epochs:
             # The rest of a half-done epoch in a fit of its own: Keras takes the length of a
             # fit's first epoch for that of the next ones.

@@ -23,39 +23,16 @@ import os
 import pandas as pd
 
 from tf_gru4rec.data.io import ITEM, SESSION, TIME, write_events
-from tf_gru4rec.data.preprocess import filter_sessions_and_items, restrict_to_known_items
+from tf_gru4rec.data.preprocess import (  # noqa: F401  (split_by_session_end: re-exported)
+    filter_sessions_and_items,
+    restrict_to_known_items,
+    split_by_session_end,
+)
 
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400.0
 SPLITS = ("train_full", "test", "train_tr", "train_valid")
-
-
-def split_by_session_end(events: pd.DataFrame, test_seconds: float, report: list | None = None
-                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test): test = sessions whose last event is at or after t_max - `test_seconds`.
-
-    The boundary is inclusive, as in the original script (`preprocess.time_split` leaves a
-    session ending exactly at the cut in the training set).
-    """
-    if not test_seconds > 0:
-        raise ValueError(f"`test_seconds` should be a positive number. Received: {test_seconds!r}")
-    end = events.groupby(SESSION)[TIME].transform("max").to_numpy()
-    cut = float(events[TIME].max()) - test_seconds
-    is_test = end >= cut
-    train, test = events[~is_test], events[is_test]
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(
-            f"A split at {test_seconds:g} s before the last event leaves "
-            f"{len(train)} training and {len(test)} test events: the log spans "
-            f"{float(events[TIME].max() - events[TIME].min()):.0f} s")
-    logger.info("split at %.3f: %d train events / %d sessions, %d test events / %d sessions",
-                cut, len(train), train[SESSION].nunique(), len(test), test[SESSION].nunique())
-    if report is not None:
-        report.append({"step": "split by session end", "cut_time": cut,
-                       "train_events": len(train), "train_sessions": int(train[SESSION].nunique()),
-                       "test_events": len(test), "test_sessions": int(test[SESSION].nunique())})
-    return train, test
 
 
 def prepare_rsc15(events: pd.DataFrame, test_seconds: float = SECONDS_PER_DAY,

@@ -1,0 +1,163 @@
+"""CLI subcommand `prepare`: `prepare log` (any click log) and `prepare rsc15` (the paper's).
+
+Importing this module stays light (argparse only); pandas loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tf_gru4rec import cli_types as types
+
+SEPARATOR_NAMES = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def cmd_prepare_log(args) -> int:
+    from tf_gru4rec.data.io import write_events
+    from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY, format_table, prepare_log
+    from tf_gru4rec.data.raw_log import read_raw_log
+    from tf_gru4rec.paths import atomic_directory, check_input_file
+
+    check_input_file(args.input, "--input")
+    _check_prepare_out(args.out)
+    events = read_raw_log(args.input, session_col=args.session_col, item_col=args.item_col,
+                          time_col=args.time_col, sep=args.sep, time_unit=args.time_unit,
+                          date_col=args.date_col, offset_col=args.offset_col,
+                          offset_unit=args.offset_unit)
+    try:
+        frames, report = prepare_log(events, args.test_days * SECONDS_PER_DAY,
+                                     (args.valid_days or 0.0) * SECONDS_PER_DAY,
+                                     args.min_session_length, args.min_item_support)
+    except ValueError as error:
+        raise ValueError(f"--input {args.input!r}: {error}; expected a longer log, or smaller "
+                         "--min-item-support, --min-session-length, --test-days or "
+                         "--valid-days") from None
+    report["source"] = os.path.abspath(args.input)
+    report["files"] = {name: os.path.join(args.out, f"{name}.tsv") for name in frames}
+    with atomic_directory(args.out) as staging:  # all files appear at once, or none
+        for name, frame in frames.items():
+            write_events(frame, os.path.join(staging, f"{name}.tsv"))
+        with open(os.path.join(staging, "prepare.json"), "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    sys.stdout.write(format_table(report) + "\n")
+    return 0
+
+
+def _check_prepare_out(path: str) -> None:
+    """--out: new, empty, or the output of an earlier `prepare log` (it is replaced)."""
+    from tf_gru4rec.paths import check_output_dir
+
+    check_output_dir(path)
+    if (os.path.isdir(path) and os.listdir(path)
+            and not os.path.isfile(os.path.join(path, "prepare.json"))):
+        raise ValueError(f"--out {path!r} is a directory with other content; expected a new or "
+                         "empty directory, or one written by `prepare log` (it is replaced)")
+
+
+def _separator(text: str) -> str:
+    if text in SEPARATOR_NAMES:
+        return SEPARATOR_NAMES[text]
+    if text == "\\t":
+        return "\t"
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(
+            f"expected tab, comma, semicolon, pipe or a single character, received {text!r}")
+    return text
+
+
+def cmd_prepare_rsc15(args) -> int:
+    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.data.io import read_yoochoose_clicks
+    from tf_gru4rec.data.rsc15 import prepare_rsc15, write_rsc15
+    from tf_gru4rec.paths import check_input_file, check_output_dir
+
+    check_input_file(args.clicks, "--clicks", "a yoochoose-clicks.dat file")
+    check_output_dir(args.out)
+    events = read_yoochoose_clicks(args.clicks)
+    frames, report = prepare_rsc15(events, test_seconds=args.test_days * 86_400.0,
+                                   min_session_length=args.min_session_length,
+                                   min_item_support=args.min_item_support)
+    empty = [name for name, frame in frames.items() if len(frame) == 0]
+    if empty:
+        raise ValueError(f"--clicks {args.clicks!r}: the protocol leaves no event in "
+                         f"{', '.join(empty)}; expected a longer log (or a smaller --test-days, "
+                         "--min-item-support)")
+    paths = write_rsc15(frames, args.out, prefix=args.prefix)
+    report["source"] = os.path.abspath(args.clicks)
+    report["files"] = paths
+    report_path = os.path.join(args.out, f"{args.prefix}_report.json")
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    _json_out({"files": paths, "report": report_path, "outputs": report["outputs"]})
+    return 0
+
+
+
+def register(subparsers) -> None:
+    """Add `prepare log` and `prepare rsc15` to the `tf-gru4rec` parser."""
+    p = subparsers.add_parser("prepare", help="filter and split a raw click log "
+                                              "(any log, or the paper's RSC15)")
+    datasets = p.add_subparsers(dest="dataset", required=True)
+    q = datasets.add_parser(
+        "log",
+        help="any click log -> train.tsv / test.tsv (/ valid.tsv) and prepare.json",
+        description="Keep sessions >= --min-session-length events and items >= "
+                    "--min-item-support events (repeated until both hold); the sessions "
+                    "ending in the last --test-days are the test set (and the --valid-days "
+                    "before them the validation set); test and validation events of items "
+                    "unknown to training are dropped, then their sessions shorter than 2. "
+                    "Writes train.tsv, test.tsv (valid.tsv), prepare.json (what each step "
+                    "removed) and prints a summary table.")
+    q.add_argument("--input", required=True,
+                   help="click log with a header line (text, .gz, or .parquet)")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--sep", type=_separator,
+                   help="field separator: tab, comma, semicolon, pipe or a character "
+                        "(default: detected)")
+    q.add_argument("--session-col", default="SessionId")
+    q.add_argument("--item-col", default="ItemId")
+    q.add_argument("--time-col", default="Time",
+                   help="time column: unix seconds or milliseconds, or ISO 8601 strings")
+    q.add_argument("--time-unit", choices=("auto", "s", "ms"), default="auto",
+                   help="unit of a numeric --time-col (auto: above 1e11 is milliseconds)")
+    q.add_argument("--date-col", help="the time as a date column (ISO 8601) instead of "
+                                      "--time-col, plus the optional --offset-col")
+    q.add_argument("--offset-col", help="offset after --date-col (e.g. seconds in the day)")
+    q.add_argument("--offset-unit", choices=("s", "ms", "min", "h"), default="s",
+                   help="unit of --offset-col (default: s)")
+    q.add_argument("--min-session-length", type=types.integer(2), default=2,
+                   help="shortest session kept (default: 2)")
+    q.add_argument("--min-item-support", type=types.integer(1), default=5,
+                   help="fewest events of a kept item (default: 5)")
+    q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
+                   help="the test set: sessions ending in the last DAYS (default: 1)")
+    q.add_argument("--valid-days", type=types.number(0, low_open=True),
+                   help="a validation set: sessions ending in the DAYS before the test period")
+    q.set_defaults(func=cmd_prepare_log)
+
+    q = datasets.add_parser(
+        "rsc15",
+        help="RSC15: yoochoose-clicks.dat -> train_full / test / train_tr / train_valid",
+        description="Keep sessions >= 2 events, items >= 5 events, sessions >= 2 again; the "
+                    "sessions ending in the last --test-days are the test set (test items "
+                    "unknown to training and then short test sessions dropped); the same split "
+                    "inside train_full gives train_tr / train_valid. Writes tab-separated "
+                    "PREFIX_train_full.txt, PREFIX_test.txt, PREFIX_train_tr.txt, "
+                    "PREFIX_train_valid.txt and PREFIX_report.json (what each step removed).")
+    q.add_argument("--clicks", required=True,
+                   help="raw yoochoose-clicks.dat (session,ISO time,item,category; .gz too)")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
+                   help="length of the test (and validation) period in days (default: 1)")
+    q.add_argument("--min-session-length", type=types.integer(2), default=2,
+                   help="shortest session kept (default: 2)")
+    q.add_argument("--min-item-support", type=types.integer(1), default=5,
+                   help="fewest events of a kept item (default: 5)")
+    q.add_argument("--prefix", default="rsc15", type=types.name,
+                   help="output file name prefix (default: rsc15)")
+    q.set_defaults(func=cmd_prepare_rsc15)

@@ -1,0 +1,128 @@
+"""Read an arbitrary click log: detected separator, named columns, several time formats.
+
+The time of an event may be one column of unix seconds, unix milliseconds or ISO 8601
+strings, or a date column plus an offset column (seconds, milliseconds, minutes or hours
+after the date: a within-day or within-session offset). Returns the standard event frame of
+`tf_gru4rec.data.io` (`SessionId`, `ItemId`, `Time` in float seconds).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+
+import numpy as np
+import pandas as pd
+
+from tf_gru4rec.data.io import ITEM, SESSION, TIME, DataError, validate_events
+
+SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
+OFFSET_UNITS = {"s": 1.0, "ms": 1e-3, "min": 60.0, "h": 3600.0}
+TIME_UNITS = ("auto", "s", "ms")
+# Unix times above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
+_MS_THRESHOLD = 1e11
+
+
+def detect_separator(path: str, sample_lines: int = 50) -> str:
+    """The separator among tab, comma, semicolon and pipe that splits the header and the first
+    lines of `path` into the same number (> 1) of fields; the most fields wins."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", errors="replace") as f:
+        lines = [line.rstrip("\r\n") for line in itertools.islice(f, sample_lines)]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no lines to detect the separator from")
+    counts = {sep: [line.count(sep) for line in lines] for sep in SEPARATORS}
+    consistent = [sep for sep, c in counts.items() if c[0] > 0 and len(set(c)) == 1]
+    candidates = consistent or [sep for sep, c in counts.items() if c[0] > 0]
+    if not candidates:
+        raise DataError(f"{path}: the header {lines[0][:80]!r} holds no tab, comma, semicolon "
+                        "or pipe; give the separator with --sep")
+    return max(candidates, key=lambda sep: counts[sep][0])  # ties: the order of SEPARATORS
+
+
+def read_raw_log(
+    path: str | os.PathLike,
+    session_col: str = SESSION,
+    item_col: str = ITEM,
+    time_col: str | None = TIME,
+    sep: str | None = None,
+    time_unit: str = "auto",
+    date_col: str | None = None,
+    offset_col: str | None = None,
+    offset_unit: str = "s",
+) -> pd.DataFrame:
+    """Read a text (or Parquet) click log with a header into the standard event frame.
+
+    Args:
+      path: a text file (optionally `.gz`) with a header line, or a `.parquet` file.
+      session_col, item_col: column names of the session and item ids.
+      time_col: column of the time (unix seconds/milliseconds or ISO 8601); not used when
+        `date_col` is given.
+      sep: field separator; None detects it (`detect_separator`).
+      time_unit: "s", "ms" or "auto" (numbers above 1e11 are milliseconds).
+      date_col, offset_col: the time as a date (ISO 8601) plus an offset in `offset_unit`
+        ("s", "ms", "min" or "h"); the offset column is optional.
+    """
+    path = os.fspath(path)
+    if time_unit not in TIME_UNITS:
+        raise ValueError(f"`time_unit` should be one of {TIME_UNITS}. Received: {time_unit!r}")
+    if offset_unit not in OFFSET_UNITS:
+        raise ValueError(f"`offset_unit` should be one of {tuple(OFFSET_UNITS)}. "
+                         f"Received: {offset_unit!r}")
+    if offset_col and not date_col:
+        raise ValueError("an offset column (--offset-col) needs a date column (--date-col)")
+    if path.lower().removesuffix(".gz").endswith((".parquet", ".pq")):
+        frame = pd.read_parquet(path).astype(str)
+    else:
+        sep = detect_separator(path) if sep is None else sep
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    wanted = [session_col, item_col, *([date_col, offset_col] if date_col else [time_col])]
+    missing = [c for c in wanted if c and c not in frame.columns]
+    if missing:
+        seen = SEPARATORS.get(sep, repr(sep)) if sep else "Parquet"
+        raise DataError(f"{path}: missing column(s) {missing}; the file has columns "
+                        f"{list(frame.columns)} (separator: {seen}). Set the column names "
+                        "(--session-col, --item-col, --time-col or --date-col/--offset-col) "
+                        "or the separator (--sep)")
+    if date_col:
+        times = _date_plus_offset(frame, date_col, offset_col, OFFSET_UNITS[offset_unit], path)
+    else:
+        times = _unix_or_iso(frame[time_col], time_unit)
+    events = pd.DataFrame({SESSION: frame[session_col].to_numpy(),
+                           ITEM: frame[item_col].to_numpy(), TIME: times})
+    return validate_events(events, source=path)
+
+
+def _unix_or_iso(column: pd.Series, unit: str) -> np.ndarray:
+    """Numbers scaled to seconds; anything else is left for `validate_events` (ISO 8601)."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    if numeric.notna().mean() < 0.5:
+        return column.to_numpy()
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    if unit == "ms" or (unit == "auto" and np.nanmedian(values) > _MS_THRESHOLD):
+        values = values / 1000.0
+    return np.where(numeric.isna().to_numpy(), column.to_numpy(dtype=object), values)
+
+
+def _date_plus_offset(frame: pd.DataFrame, date_col: str, offset_col: str | None,
+                      scale: float, path: str) -> np.ndarray:
+    dates = pd.to_datetime(frame[date_col], errors="coerce", utc=True, format="ISO8601")
+    seconds = ((dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(
+        dtype=np.float64, na_value=np.nan)
+    _check_finite(seconds, frame[date_col], path, date_col, "an ISO 8601 date")
+    if offset_col:
+        offsets = pd.to_numeric(frame[offset_col], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
+        _check_finite(offsets, frame[offset_col], path, offset_col, "a number")
+        seconds = seconds + offsets * scale
+    return seconds
+
+
+def _check_finite(values: np.ndarray, raw: pd.Series, path: str, col: str, expected: str):
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        row = int(bad[0])
+        raise DataError(f"{path}: row {row + 1}, column {col!r}: expected {expected}, "
+                        f"got {raw.iloc[row]!r}")

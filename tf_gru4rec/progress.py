@@ -1,0 +1,48 @@
+"""Training progress in session-parallel steps, with the epoch's total known from the start.
+
+`fit` sees blocks of `steps_per_execution` steps of a dataset of unknown length, so Keras'
+own bar counts blocks and shows "Unknown" on the first epoch. `StepProgress` counts the steps
+instead (their number per epoch is known before the epoch starts), so the bar has a total
+and an ETA from the first block.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras.src.utils import io_utils  # as Keras' own ProgbarLogger prints
+
+
+class StepProgress(keras.callbacks.Callback):
+    """A Keras progress bar of training steps (verbose 1) or one line per epoch (verbose 2).
+
+    Args:
+      source: the `SessionParallelInput` being fitted (steps per epoch, block size).
+      epochs: epochs of the run (for the "Epoch e/E" line).
+      verbose: 1 (a bar updated each block) or 2 (a line at each epoch end).
+    """
+
+    def __init__(self, source, epochs: int, verbose: int = 1):
+        super().__init__()
+        self.source = source
+        self.epochs = int(epochs)
+        self.verbose = int(verbose)
+        self.bar = None
+        self.done = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.total = self.source.steps_per_epoch(epoch)
+        self.done = min(self.source.skip_steps, self.total)  # a resumed half-done epoch
+        if self.epochs > 1:
+            io_utils.print_msg(f"Epoch {epoch + 1}/{self.epochs}")
+        self.bar = keras.utils.Progbar(self.total, verbose=self.verbose, unit_name="step",
+                                       stateless_metrics=set())
+        if self.done:
+            self.bar.update(self.done)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done = min(self.done + self.source.steps_per_block, self.total)
+        if self.verbose == 1:
+            self.bar.update(self.done, list((logs or {}).items()), finalize=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.update(self.total, list((logs or {}).items()), finalize=True)
