@@ -229,3 +229,36 @@ def test_click_positions_in_one_request_and_after_a_gap(exported):
                position=np.array([3]))["applied"].tolist() == [True]
     assert "non-negative" in refused(bundle, "click", session_id=strings("g"),
                                      item_id=RAW_IDS[[4]], position=np.array([-1]))
+
+
+# ---------------------------------------------------------------------- from the CLI
+def test_cli_export_options_reach_the_served_graph(model, tmp_path):
+    """`tf-gru4rec export` with every limit and scoring option: each reaches the version
+    (recorded, and enforced by the graph on TF Serving's loading path)."""
+    from tf_gru4rec.cli import main
+    from tf_gru4rec.training import save_model_dir
+
+    config = TrainConfig(layers=[UNITS], batch_size=4, n_sample=0, jit_compile=False, seed=2)
+    save_model_dir(str(tmp_path / "model"), model, ItemVocabulary(RAW_IDS), config)
+    base = tmp_path / "base"
+    assert main(["-v", "WARNING", "export", "--model", str(tmp_path / "model"), "--base",
+                 str(base), "--k", str(K), "--max-request-rows", "3", "--max-id-bytes", "5",
+                 "--max-session-length", "2", "--session-memory-mb", "1",
+                 "--score-precision", "int8", "--score-shards", "1"]) == 0
+    path = str(base / "1")
+    with open(os.path.join(path, "assets.extra", "tf_gru4rec.json")) as f:
+        info = json.load(f)
+    assert info["limits"] == {"max_request_rows": 3, "max_id_bytes": 5, "max_session_length": 2,
+                              "session_memory_bytes": 1 << 20}
+    assert info["score_precision"] == "int8" and info["score_shards"] == 1
+    assert info["session_capacity"] == effective_capacity(100_000, ServingLimits(
+        max_id_bytes=5, session_memory_bytes=1 << 20), UNITS, 0)
+    dtypes = tf.train.load_checkpoint(os.path.join(path, "variables", "variables")) \
+        .get_variable_to_dtype_map()
+    assert tf.int8 in dtypes.values()  # the int8 scoring table was saved
+    with SessionBundle(path) as bundle:
+        assert "max_request_rows" in refused(bundle, "lookup", item_id=RAW_IDS[:4])
+        assert "max_id_bytes" in refused(bundle, "serving_default", session_id=strings("123456"),
+                                         item_id=RAW_IDS[:1])
+        assert "max_session_length" in refused(bundle, "recommend",
+                                               session_item_ids=RAW_IDS[None, :3])

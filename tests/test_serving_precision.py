@@ -1,6 +1,9 @@
 """Reduced-precision scoring tables (`score_precision` bfloat16 / int8) rank like the exact
 float32 export, on TF Serving's loading path."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -138,3 +141,19 @@ def test_sharded_scoring_gives_the_same_items_and_ties(tmp_path):
         np.testing.assert_array_equal(out["item_ids"], outputs[0]["item_ids"])
         np.testing.assert_array_equal(out["scores"], outputs[0]["scores"])
     assert (outputs[0]["scores"][:, 0] == outputs[0]["scores"][:, 1]).all()  # ties were there
+
+
+@pytest.mark.parametrize("precision, dtype", [("bfloat16", tf.bfloat16), ("int8", tf.int8)])
+def test_the_reduced_table_is_what_the_version_holds(exports, precision, dtype):
+    """The option reaches the export: its checkpoint holds a table of that dtype, and the
+    float32 export holds none."""
+    _, bundles = exports
+
+    def dtypes(name):
+        reader = tf.train.load_checkpoint(
+            os.path.join(bundles[name].path, "variables", "variables"))
+        return set(reader.get_variable_to_dtype_map().values())
+
+    assert dtype in dtypes(precision) and dtype not in dtypes("float32")
+    with open(os.path.join(bundles[precision].path, "assets.extra", "tf_gru4rec.json")) as f:
+        assert json.load(f)["score_precision"] == precision
