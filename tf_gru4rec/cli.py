@@ -34,15 +34,14 @@ def _read(path: str, args, option: str):
                        time_col=args.time_col, fmt=args.format)
 
 
-def _train_log(events, vocabulary, option: str, path: str):
-    """The training sessions; an error if no session has a next event to train on."""
-    from tf_gru4rec.data.session_log import SessionLog
+def _check_trainable(events, option: str, path: str) -> None:
+    """An error if no session has a next event to train on (every item of the training log
+    is in the vocabulary, so a session of 2 or more events is one)."""
+    from tf_gru4rec.data.io import SESSION
 
-    log = SessionLog.from_events(events, vocabulary)
-    if log.n_predictions == 0:
+    if not events[SESSION].duplicated().any():
         raise ValueError(f"{option} {path!r}: every session has a single event, nothing to "
                          "train on; expected sessions of 2 or more clicks")
-    return log
 
 
 def _test_log(path: str, args, vocabulary, option: str = "--test"):
@@ -143,6 +142,7 @@ def _check_train_paths(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
 
     _check_train_paths(args)  # before TensorFlow loads: bad input fails in a second
@@ -156,8 +156,7 @@ def cmd_train(args) -> int:
         require("--tensorboard", "tensorboard")
     logger.info("config: %s", config.to_dict())
     events = _read(args.train, args, "--train")
-    _train_log(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()), "--train",
-               args.train)
+    _check_trainable(events, "--train", args.train)
     import keras
 
     from tf_gru4rec.evaluation import evaluate
@@ -171,13 +170,13 @@ def cmd_train(args) -> int:
 
         previous = load_model_dir(args.warm_start)
         vocabulary = previous.vocabulary.extend(events["ItemId"].to_numpy())
-        log = _train_log(events, vocabulary, "--train", args.train)
+        log = SessionLog.from_events(events, vocabulary)
         model = grow_model(previous.model, previous.vocabulary, vocabulary)
         model.set_item_support(log.item_support())
         compile_model(model, config)
     else:
         vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-        log = _train_log(events, vocabulary, "--train", args.train)
+        log = SessionLog.from_events(events, vocabulary)
     # Every input is read and checked before training starts.
     test_log = _test_log(args.test, args, vocabulary) if args.test else None
     callbacks = []

@@ -51,15 +51,17 @@ def register(subparsers) -> None:
 
 def cmd_baselines(args) -> int:
     from tf_gru4rec.baselines import run_baselines
-    from tf_gru4rec.cli import _json_out, _read, _test_log, _train_log
+    from tf_gru4rec.cli import _check_trainable, _json_out, _read, _test_log
     from tf_gru4rec.data.io import ITEM
+    from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.paths import check_input_file
 
     check_input_file(args.test, "--test")
     events = _read(args.train, args, "--train")
     vocabulary = ItemVocabulary.from_events(events[ITEM].to_numpy())
-    train_log = _train_log(events, vocabulary, "--train", args.train)
+    _check_trainable(events, "--train", args.train)
+    train_log = SessionLog.from_events(events, vocabulary)
     test_log = _test_log(args.test, args, vocabulary)
     params = {
         "pop": {"top_n": args.top_n},

@@ -98,6 +98,14 @@ def cmd_prepare_rsc15(args) -> int:
 
 
 
+def _add_filter_options(parser) -> None:
+    """The paper's filters, shared by every `prepare` dataset."""
+    parser.add_argument("--min-session-length", type=types.integer(2), default=2,
+                        help="shortest session kept (default: 2)")
+    parser.add_argument("--min-item-support", type=types.integer(1), default=5,
+                        help="fewest events of a kept item (default: 5)")
+
+
 def register(subparsers) -> None:
     """Add `prepare log` and `prepare rsc15` to the `tf-gru4rec` parser."""
     p = subparsers.add_parser("prepare", help="filter and split a raw click log "
@@ -130,10 +138,7 @@ def register(subparsers) -> None:
     q.add_argument("--offset-col", help="offset after --date-col (e.g. seconds in the day)")
     q.add_argument("--offset-unit", choices=("s", "ms", "min", "h"), default="s",
                    help="unit of --offset-col (default: s)")
-    q.add_argument("--min-session-length", type=types.integer(2), default=2,
-                   help="shortest session kept (default: 2)")
-    q.add_argument("--min-item-support", type=types.integer(1), default=5,
-                   help="fewest events of a kept item (default: 5)")
+    _add_filter_options(q)
     q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
                    help="the test set: sessions ending in the last DAYS (default: 1)")
     q.add_argument("--valid-days", type=types.number(0, low_open=True),
@@ -154,10 +159,7 @@ def register(subparsers) -> None:
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
                    help="length of the test (and validation) period in days (default: 1)")
-    q.add_argument("--min-session-length", type=types.integer(2), default=2,
-                   help="shortest session kept (default: 2)")
-    q.add_argument("--min-item-support", type=types.integer(1), default=5,
-                   help="fewest events of a kept item (default: 5)")
+    _add_filter_options(q)
     q.add_argument("--prefix", default="rsc15", type=types.name,
                    help="output file name prefix (default: rsc15)")
     q.set_defaults(func=cmd_prepare_rsc15)

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_gru4rec.paths import fsync
 from tf_gru4rec.serving_graph import SIGNATURES, WARMUP_SESSION, ServingLimits, ServingModule
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def _publish(staged: str, base_path: str, info: dict, explicit: bool) -> str:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
             else:
-                _fsync_dir(base_path)
+                fsync(base_path)
                 return final
         if explicit:
             raise FileExistsError(_taken_message(base_path, info["version"]))
@@ -261,7 +262,7 @@ def _publish(staged: str, base_path: str, info: dict, explicit: bool) -> str:
                     info["version"])
         extra = os.path.join(staged, "assets.extra")
         _write_info(extra, info)
-        _fsync_dir(extra)
+        fsync(extra)
 
 
 def _taken_message(base_path: str, version: int) -> str:
@@ -287,7 +288,7 @@ def _makedirs_readable(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     for created in reversed(missing):
         os.chmod(created, os.stat(created).st_mode | 0o755)
-        _fsync_dir(os.path.dirname(created))
+        fsync(os.path.dirname(created))
 
 
 def _make_readable(root: str) -> None:
@@ -307,23 +308,8 @@ def _fsync_tree(root: str) -> None:
     """fsync every file and directory below `root`, children before their directory."""
     for parent, _, files in os.walk(root, topdown=False):
         for name in files:
-            fd = os.open(os.path.join(parent, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(parent)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as error:  # some file systems cannot fsync a directory
-        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+            fsync(os.path.join(parent, name))
+        fsync(parent)
 
 
 def _pid_alive(pid: int) -> bool:

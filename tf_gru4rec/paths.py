@@ -1,4 +1,4 @@
-"""Checks of user-given paths by kind, and directories written all at once.
+"""Checks of user-given paths by kind, directories written all at once, and `fsync`.
 
 Each check raises `ValueError("<option> <path>: <what is wrong>; expected <what>")` before any
 work starts, so a bad path never costs a training run.
@@ -7,6 +7,7 @@ work starts, so a bad path never costs a training run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -99,3 +100,16 @@ def atomic_directory(path: str):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def fsync(path: str) -> None:
+    """Flush a file or a directory (its entries: a rename in it) to disk; file systems that
+    cannot fsync a directory are tolerated."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)

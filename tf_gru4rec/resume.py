@@ -25,6 +25,8 @@ import h5py
 import keras
 import numpy as np
 
+from tf_gru4rec.paths import fsync
+
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.weights.h5"
@@ -157,18 +159,10 @@ class TrainingBackup(keras.callbacks.Callback):
             group.attrs["meta"] = json.dumps(meta)
             for i, variable in enumerate(variables):
                 group.create_dataset(str(i), data=keras.ops.convert_to_numpy(variable))
-        _fsync(partial)
+        fsync(partial)
         os.replace(partial, self.path)
-        _fsync(self.backup_dir)
+        fsync(self.backup_dir)
 
     def delete(self) -> None:
         """Remove the backup directory (after a finished run)."""
         shutil.rmtree(self.backup_dir, ignore_errors=True)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

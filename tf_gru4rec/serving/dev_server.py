@@ -68,7 +68,10 @@ class Servable:
         self.path = path
         self.version = version
         self.bundle = SessionBundle(path)
-        self.signature_defs = self.bundle.signature_defs
+
+    @property
+    def signature_defs(self) -> dict:
+        return self.bundle.signature_defs
 
     def run(self, signature_name: str, inputs: dict, output_filter=(),
             strict_dtypes: bool = True) -> dict:

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
+_TOO_DEEP = object()
 SOCKET_TIMEOUT_SECONDS = 30.0
 
 _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
@@ -143,12 +144,16 @@ def parse_body(content_length: str | None, read) -> dict:
     if len(data) < length:
         raise HttpError(400, f"the request body ended after {len(data)} of {length} bytes")
     try:
-        text = data.decode("utf-8")
-        _check_depth(text)
-        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as error:
+        body = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except RecursionError:  # the C parser's own limit, far above MAX_JSON_DEPTH
+        body = _TOO_DEEP
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"JSON parse error: {str(error)[:200]}") from None
+    if body is _TOO_DEEP or _depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"JSON parse error: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            "the request body should be a JSON object")
@@ -166,25 +171,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_depth(text: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH (brackets outside strings)."""
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        elif char in "]}":
-            depth -= 1
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON (1 for a flat list or object; counting stops past
+    MAX_JSON_DEPTH); iterative, its cost grows with the values, not with the body's bytes."""
+    depth, level = 0, [value] if isinstance(value, (list, dict)) else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        level = [child for c in level for child in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(child, (list, dict))]
+    return depth
 
 
 def _to_json(message) -> dict:
