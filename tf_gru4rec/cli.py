@@ -119,7 +119,8 @@ def _check_train_paths(args) -> None:
     )
 
     check_output_dir(args.out, "--out", replaceable=True)
-    check_input_file(args.train, "--train")
+    if not os.path.isdir(args.train):  # a directory: Parquet shards, checked when loaded
+        check_input_file(args.train, "--train")
     for option, path in (("--test", args.test), ("--valid", args.valid)):
         if path:
             check_input_file(path, option)
@@ -144,12 +145,23 @@ def _check_train_paths(args) -> None:
 def cmd_train(args) -> int:
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.workers import cluster_from_env
 
     _check_train_paths(args)  # before TensorFlow loads: bad input fails in a second
     overrides = _overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
     config = _config(args, overrides)
+    cluster = cluster_from_env()
+    if cluster is not None or args.workers > 1 or args.mirrored or os.path.isdir(args.train):
+        from tf_gru4rec import cli_distributed
+
+        if cluster is None and args.workers > 1:  # this process only starts the workers
+            cli_distributed.check_options(args, config, cluster)
+            from tf_gru4rec.workers import launch_local_workers
+
+            return launch_local_workers(args.workers, args.argv)
+        return cli_distributed.train_distributed(args, config, cluster)
     if args.tensorboard:
         from tf_gru4rec.extras import require
 
@@ -313,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep the best epoch's weights (needs --valid)")
     p.add_argument("--verbose", default="auto", type=types.verbosity,
                    help="Keras verbosity: auto, 0 (silent), 1 (progress bar), 2 (one line)")
+    group = p.add_argument_group(
+        "more than one worker or device (README: More than one machine)")
+    group.add_argument("--workers", type=types.integer(1), default=1, metavar="N",
+                       help="train with N worker processes on 127.0.0.1 "
+                            "(MultiWorkerMirroredStrategy); on a cluster, set TF_CONFIG on "
+                            "each machine instead and run the same command")
+    group.add_argument("--mirrored", action="store_true",
+                       help="train on all of this host's devices (MirroredStrategy)")
     _add_read_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -363,8 +383,10 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0) or a usage error, already written on stderr
         return done.code if isinstance(done.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {_worker_label()}%(name)s: "
+                               "%(message)s")
     from tf_gru4rec import xla_flags
 
     xla_flags.apply()  # before TensorFlow loads (the quiet import below looks devices up)
@@ -391,6 +413,15 @@ def main(argv=None) -> int:
         from tf_gru4rec.tf_quiet import uninstall
 
         uninstall()
+
+
+def _worker_label() -> str:
+    """"worker I " in the log lines of a multi-worker process (TF_CONFIG set), else ""."""
+    try:
+        text = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        return f"worker {int(text['task']['index'])} "
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def entry() -> None:

@@ -195,10 +195,17 @@ class GRU4Rec(keras.Model):
             return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)
         return self.loss_fn(positive, scores, mask)
 
-    def forward_backward(self, data):
-        """One training step's gradients: (grads, per-event loss [B], valid [B], new states)."""
+    def forward_backward(self, data, states=None):
+        """One training step's gradients: (grads, per-event loss [B], valid [B], new states).
+
+        `states` ([B, H] per layer) default to the `train_states` variables; the
+        distributed loop (`tf_gru4rec.distributed`) passes each replica's own. The loss is
+        divided by `batch_size`, the global number of slots, so gradients summed over replicas
+        equal those of one replica holding all the slots.
+        """
         keep = 1.0 - ops.cast(data["reset"], "float32")[:, None]
-        states = [ops.convert_to_tensor(s) * keep for s in self.train_states]
+        states = self.train_states if states is None else states
+        states = [ops.convert_to_tensor(s) * keep for s in states]
         valid = ops.cast(data["valid"], "float32")
         with tf.GradientTape() as tape:
             hidden, new_states = self.step(data["inputs"], states, training=True)

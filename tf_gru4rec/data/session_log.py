@@ -91,5 +91,17 @@ class SessionLog:
         """int64 [n_items] number of events of each item."""
         return np.bincount(self.items, minlength=self.n_items)
 
+    def subset(self, sessions: np.ndarray) -> SessionLog:
+        """The log of the sessions with indices `sessions` (int [k], increasing), whole."""
+        sessions = np.asarray(sessions, dtype=np.int64)
+        lengths = self.lengths[sessions]
+        offsets = np.zeros(len(sessions) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        positions = np.repeat(self.offsets[sessions], lengths) + within
+        return SessionLog(items=self.items[positions], offsets=offsets,
+                          session_ids=self.session_ids[sessions],
+                          start_times=self.start_times[sessions], n_items=self.n_items)
+
     def session(self, s: int) -> np.ndarray:
         return self.items[self.offsets[s] : self.offsets[s + 1]]

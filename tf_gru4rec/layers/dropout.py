@@ -54,8 +54,19 @@ class HashDropout(keras.layers.Layer):
     def call(self, inputs, training=False):
         if not training or self.rate == 0.0:
             return inputs
-        keep = hash_uniform(tf.shape(inputs), self.seed_generator.next()) >= self.rate
+        keep = hash_uniform(tf.shape(inputs), self._replica_seed(self.seed_generator.next()))
+        keep = keep >= self.rate
         return inputs * tf.cast(keep, inputs.dtype) / (1.0 - self.rate)
+
+    @staticmethod
+    def _replica_seed(seed):
+        """Each replica of a tf.distribute strategy draws its own masks: replica r > 0 adds r
+        to the second seed word (replica 0, and training without a strategy, keep it)."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return seed
+        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+        return seed + tf.stack([tf.zeros_like(replica), replica * 0x10001])
 
     def get_config(self):
         config = super().get_config()
