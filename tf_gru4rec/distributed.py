@@ -86,13 +86,14 @@ class DistributedTrainer:
         gathered = tf.distribute.get_replica_context().all_gather(mine, axis=0)
         return tf.reduce_max(gathered, axis=0)
 
-    def _replica_step(self, block, i, states):
-        """Step i of a block on one replica: (new states, [2] loss sum and events here)."""
+    def _replica_step(self, block, i, states, totals):
+        """Step i of a block on one replica: (new states, `totals` [2] plus this step's loss
+        sum and events)."""
         step = {key: block[key][i] for key in ("inputs", "targets", "reset", "valid",
                                                 "negatives") if key in block}
         grads, per_event, valid, new_states = self.model.forward_backward(step, states)
         self.model.optimizer.apply(grads, self.model.trainable_variables)
-        return new_states, tf.stack([tf.reduce_sum(per_event), tf.reduce_sum(valid)])
+        return new_states, totals + tf.stack([tf.reduce_sum(per_event), tf.reduce_sum(valid)])
 
     def _block_on_replicas(self, block, states):
         """A block of steps. The loop runs in cross-replica context around `strategy.run` (a
@@ -100,10 +101,10 @@ class DistributedTrainer:
         strategy = self.strategy
         extent = strategy.experimental_local_results(
             strategy.run(self._replica_extent, args=(block,)))[0]
-        totals = tf.zeros([2])
+        totals = strategy.run(tf.zeros, args=([2],))  # this replica's loss sum and events
         for i in tf.range(extent[0]):
-            states, step_totals = strategy.run(self._replica_step, args=(block, i, states))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, step_totals, axis=None)
+            states, totals = strategy.run(self._replica_step, args=(block, i, states, totals))
+        totals = strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
         return states, totals, extent[0], extent[1] > 0
 
     # ------------------------------------------------------------------ the loop

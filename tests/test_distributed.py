@@ -1,0 +1,291 @@
+"""Distributed training: session sharding, the custom loop against `fit` and against a by-hand
+replay of the replicas' steps, AdagradM per replica, 2 worker processes on 127.0.0.1 (same
+weights on both, and the same as 2 devices in one process), a killed worker, bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gru4rec.cli import main
+from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.distributed import DistributedTrainer, replica_streams
+from tf_gru4rec.distributed_input import ReplicaStream, TrainingSource
+from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.training import train
+from tf_gru4rec.workers import cluster_from_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER = os.path.join(HERE, "distributed_runner.py")
+QUICK = ["--preset", "quick", "--set", "n_epochs=2", "--set", "layers=24",
+         "--set", "batch_size=16", "--set", "n_sample=32", "--set", "dropout_p_hidden=0.2"]
+
+
+def _run(args, timeout=300, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    env.pop("TF_CONFIG", None) if "TF_CONFIG" not in (env or {}) else None
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _runner(*args, timeout=300) -> dict:
+    done = _run([sys.executable, RUNNER, *args], timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _config(**overrides) -> TrainConfig:
+    values = {"batch_size": "8", "n_sample": "16", "layers": "16", "n_epochs": "2",
+              "steps_per_execution": "6", "momentum": "0.3", "loss": "bpr-max",
+              "bpreg": "0.5", "dropout_p_hidden": "0.3", "embedding": "0",
+              "constrained_embedding": "true"}
+    values.update({k: str(v) for k, v in overrides.items()})
+    return TrainConfig().with_overrides(values)
+
+
+# ----------------------------------------------------------------------- input sharding
+def test_every_session_goes_whole_to_exactly_one_replica(synthetic_log):
+    log, _, _ = synthetic_log
+    source = TrainingSource(log=log)
+    seen = []
+    for replica in range(3):
+        (load,) = source.parts(replica, 3)
+        part = load()
+        assert part.n_items == log.n_items
+        for s in range(part.n_sessions):
+            original = np.flatnonzero(log.session_ids == part.session_ids[s])
+            assert len(original) == 1
+            np.testing.assert_array_equal(part.session(s), log.session(original[0]))
+            seen.append(original[0])
+        assert np.all(np.diff(part.start_times) >= 0)  # start-time order kept
+    assert sorted(seen) == list(range(log.n_sessions))
+
+
+def test_replica_blocks_have_equal_length_and_end_with_empty_blocks(synthetic_log):
+    log, _, _ = synthetic_log
+    source = TrainingSource(log=log)
+    stream = replica_streams(source, _config(batch_size=6), [1], 2)[0]
+    blocks = stream.blocks(0)
+    real, events = [], 0
+    while True:
+        block = next(blocks)
+        assert block["inputs"].shape == (6, 3)  # K = steps_per_execution, B / R slots
+        real.append(block)
+        events += int(block["valid"].sum())
+        assert not block["valid"][int(block["n_real"]):].any()  # padding only at the end
+        if not block["more"]:
+            break
+    part = source.parts(1, 2)[0]()
+    assert events == part.n_predictions
+    assert all(b["more"] for b in real[:-1])
+    steps = np.concatenate([b["step"][: int(b["n_real"])] for b in real])
+    np.testing.assert_array_equal(steps, np.arange(len(steps)))  # sampler keys continue
+    for _ in range(3):  # then empty blocks forever, for replicas that finish first
+        empty = next(blocks)
+        assert int(empty["n_real"]) == 0 and not empty["valid"].any() and not empty["more"]
+
+
+def test_one_replica_stream_gives_the_single_process_steps_and_negatives(synthetic_log):
+    log, _, _ = synthetic_log
+    config = _config(shuffle_sessions="true")
+    single = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  sample_alpha=config.sample_alpha, shuffle_sessions=True,
+                                  seed=config.seed, steps_per_block=config.steps_per_execution)
+    single.epoch = 1
+    expected = list(single.dataset(blocks=True).as_numpy_iterator())
+    stream = replica_streams(TrainingSource(log=log), config, [0], 1)[0]
+    got = iter(stream.dataset(1))
+    for block in expected:
+        mine = next(got)
+        n = len(block["inputs"])
+        for key in ("inputs", "targets", "reset", "valid", "negatives"):
+            np.testing.assert_array_equal(mine[key].numpy()[:n], block[key], err_msg=key)
+
+
+def test_replicas_draw_different_negatives(synthetic_log):
+    log, _, _ = synthetic_log
+    streams = replica_streams(TrainingSource(log=log), _config(), [0, 1], 2)
+    first = [next(iter(s.dataset(0)))["negatives"].numpy() for s in streams]
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_batch_size_must_divide_among_replicas(synthetic_log):
+    log, _, _ = synthetic_log
+    with pytest.raises(ValueError, match="batch_size 9 is not divisible by the 2 replicas"):
+        replica_streams(TrainingSource(log=log), _config(batch_size=9), [0], 2)
+
+
+def test_replica_stream_rejects_nothing_silently():
+    with pytest.raises(ValueError, match="exactly one of"):
+        TrainingSource()
+    with pytest.raises(ValueError, match=r"`replica` should be in \[0, 2\)"):
+        TrainingSource(log=object()).parts(2, 2)
+    assert isinstance(ReplicaStream([], 4, np.ones(5)), ReplicaStream)
+
+
+# ----------------------------------------------------------------------- the custom loop
+@pytest.mark.parametrize("loss", ["bpr-max", "cross-entropy"])
+def test_custom_loop_on_one_device_trains_as_fit(synthetic_log, loss):
+    """Same steps, negatives, dropout masks, state resets, loss scaling and AdagradM update as
+    `model.fit` (XLA there, not here: float rounding only)."""
+    log, _, _ = synthetic_log
+    config = _config(loss=loss)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    trainer = DistributedTrainer(config, TrainingSource(log=log), strategy)
+    history = trainer.fit()
+    reference = train(config, log, verbose=0)
+    np.testing.assert_allclose(history["loss"], reference.history["loss"], rtol=1e-5)
+    for mine, theirs in zip(trainer.model.trainable_variables,
+                            reference.model.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(mine.value), np.asarray(theirs.value),
+                                   atol=2e-5, err_msg=mine.path)
+
+
+def test_two_replicas_equal_a_by_hand_replay_of_their_steps(tmp_path):
+    """Data parallelism by definition: each step applies the sum of both replicas' gradients
+    (loss over the global batch) once; both replicas end identical; dropout masks differ."""
+    result = _runner("reference", str(tmp_path))
+    assert result["steps"] == result["trainer_steps"] > 50
+    assert result["moved"] > 0.05  # training moved the weights: the comparison means something
+    assert max(result["diffs"].values()) < 1e-4, result["diffs"]
+    assert len(set(result["digests"])) == 1
+    assert result["masks_differ"]
+
+
+def test_adagradm_under_mirrored_equals_summed_gradients_with_per_replica_scratch():
+    result = _runner("adagradm")
+    for path in ("unique", "static"):
+        assert result[path]["moved"] > 0.1
+        assert result[path]["max_diff"] < 1e-6, result
+        assert result[path]["scratch_clean"] and all(result[path]["scratch_clean"]), result
+
+
+# ----------------------------------------------------------------------- worker processes
+@pytest.fixture(scope="module")
+def small_logs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist-data")
+    assert main(["generate", "--out", str(out), "--items", "200", "--sessions", "1200"]) == 0
+    return str(out / "train.tsv"), str(out / "test.tsv")
+
+
+def test_two_local_workers_end_with_identical_weights(small_logs, tmp_path):
+    """`train --workers 2`: two processes on 127.0.0.1. Both replicas' weight digests agree,
+    they equal two devices in one process (the same sharding and seeds), and the chief's
+    model directory evaluates as its metrics say."""
+    train_path, test_path = small_logs
+    args = ["train", "--train", train_path, "--test", test_path, *QUICK]
+    done = _run([sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(tmp_path / "w"),
+                 "--workers", "2"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(done.stdout)
+    assert metrics["workers"] == 2 and metrics["replicas"] == 2
+    digests = metrics["replica_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
+    assert metrics["recall@20"] > 0.5
+
+    devices = _runner("cli", *args, "--out", str(tmp_path / "m"), "--mirrored")
+    assert devices["exit"] == 0
+    with open(tmp_path / "m" / "metrics.json") as f:
+        assert json.load(f)["replica_weight_digests"] == digests
+
+    evaluated = _run([sys.executable, "-m", "tf_gru4rec.cli", "evaluate", "--model",
+                      str(tmp_path / "w"), "--test", test_path])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(metrics["recall@20"])
+
+
+def test_a_killed_worker_stops_the_whole_run(small_logs, tmp_path):
+    """SIGKILL worker 1 mid-training: the launcher stops worker 0 (it would wait in the next
+    all-reduce) and exits non-zero, and no model directory appears."""
+    train_path, _ = small_logs
+    log_path = tmp_path / "stderr.log"
+    with open(log_path, "w") as err:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_path,
+             "--out", str(tmp_path / "out"), *QUICK, "--set", "n_epochs=500", "--workers", "2"],
+            stdout=subprocess.DEVNULL, stderr=err,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline, pids = time.time() + 240, None
+        while time.time() < deadline:
+            text = log_path.read_text()
+            found = re.search(r"started 2 workers on 127.0.0.1 \(pids (\d+), (\d+)\)", text)
+            pids = [int(p) for p in found.groups()] if found else None
+            if pids and "epoch 1/500" in text:
+                break
+            assert launcher.poll() is None, text[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("training did not start: " + log_path.read_text()[-3000:])
+        os.kill(pids[1], signal.SIGKILL)
+        code = launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert code == 128 + signal.SIGKILL
+    assert "worker 1 exited with code -9; stopping the other workers" in log_path.read_text()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------- bad options
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "2", "--backup-dir", "BACKUP"], "--backup-dir is not available with --workers"),
+    (["--workers", "2", "--set", "batch_size=7"], "batch_size 7 is not divisible by 2 workers"),
+    (["--mirrored", "--early-stopping", "2", "--valid", "TEST"],
+     "is not available with --mirrored"),
+])
+def test_distributed_options_are_checked_before_anything_starts(small_logs, tmp_path, capsys,
+                                                                extra, message):
+    train_path, test_path = small_logs
+    extra = [test_path if a == "TEST" else str(tmp_path / "b") if a == "BACKUP" else a
+             for a in extra]
+    start = time.perf_counter()
+    code = main(["train", "--train", train_path, "--out", str(tmp_path / "o"), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert time.perf_counter() - start < 30  # no worker was started
+
+
+def test_tf_config_is_checked(small_logs, tmp_path, capsys, monkeypatch):
+    train_path, _ = small_logs
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"index": 3}}')
+    assert main(["train", "--train", train_path, "--out", str(tmp_path / "o")]) == 2
+    assert "expected type 'worker' and an index below 1" in capsys.readouterr().err
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    assert main(["train", "--train", train_path, "--out", str(tmp_path / "o"),
+                 "--workers", "3"]) == 2
+    assert "--workers 3, but TF_CONFIG lists 2 workers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", None),
+    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}', (2, 1)),
+])
+def test_cluster_from_env(text, expected):
+    assert cluster_from_env({"TF_CONFIG": text}) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "is not a cluster of workers"),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}', "cluster.worker"),
+    ('{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
+     "only 'worker' is used"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "chief", "index": 0}}',
+     "expected type 'worker'"),
+])
+def test_cluster_from_env_names_the_problem(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cluster_from_env({"TF_CONFIG": text})
