@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def table_summary(con, table: str) -> dict:
     """Events, sessions, items and time range of a table (as `prepare_log.summary`)."""
     events, first, last = con.execute(
-        f"SELECT count(*), min(Time), max(Time) FROM {table}").fetchone()
+        f"SELECT count(*), min(Time), max(Time) FROM {table}").fetchall()[0]
     if events == 0:
         return {"events": 0, "sessions": 0, "items": 0}
     sessions, items = _distinct(con, table)
@@ -71,15 +71,15 @@ def run_protocol(con, table: str, test_seconds: float, valid_seconds: float = 0.
 
 def _distinct(con, table: str) -> tuple[int, int]:
     sessions = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT SessionId FROM {table})"
-                           ).fetchone()[0]
+                           ).fetchall()[0][0]
     items = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT ItemId FROM {table})"
-                        ).fetchone()[0]
+                        ).fetchall()[0][0]
     return int(sessions), int(items)
 
 
 def _counts(con, table: str) -> tuple[int, int, int]:
     """(events, sessions, items) of `table`."""
-    events = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    events = int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
     return (events, *_distinct(con, table))
 
 
@@ -114,7 +114,7 @@ def _split(con, source: str, first: str, last: str, seconds: float, name: str,
            steps: list) -> None:
     """`first` = sessions of `source` ending before t_max - `seconds`, `last` = the others
     (as `preprocess.split_by_session_end`, inclusive boundary)."""
-    t_min, t_max = con.execute(f"SELECT min(Time), max(Time) FROM {source}").fetchone()
+    t_min, t_max = con.execute(f"SELECT min(Time), max(Time) FROM {source}").fetchall()[0]
     cut = float(t_max) - seconds  # the same float64 arithmetic as the pandas path
     con.execute(f"CREATE OR REPLACE TEMP TABLE split_ends AS SELECT SessionId FROM {source} "
                 "GROUP BY SessionId HAVING max(Time) >= ?", [cut])
