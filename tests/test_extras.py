@@ -18,6 +18,8 @@ COMMANDS = {
     "demo": (["demo", "--workdir", "w"], "tensorflow_serving", "serving"),
     "train --tensorboard": (["train", "--train", "TRAIN", "--out", "o", "--tensorboard", "tb"],
                             "tensorboard", "research"),
+    "prepare log --shards": (["prepare", "log", "--input", "TRAIN", "--out", "o", "--shards"],
+                             "duckdb", "scale"),
 }
 
 

@@ -12,10 +12,14 @@ import sys
 
 from tf_gru4rec import cli_types as types
 
+# Rows per chunk of `prepare log --shards` (tests set it small; default: prepare_shards').
+CHUNK_ROWS_ENV = "TF_GRU4REC_PREPARE_CHUNK_ROWS"
 SEPARATOR_NAMES = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 
 def cmd_prepare_log(args) -> int:
+    if args.shards:
+        return _prepare_log_shards(args)
     from tf_gru4rec.data.io import write_events
     from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY, format_table, prepare_log
     from tf_gru4rec.data.raw_log import read_raw_log
@@ -23,18 +27,13 @@ def cmd_prepare_log(args) -> int:
 
     check_input_file(args.input, "--input")
     _check_prepare_out(args.out)
-    events = read_raw_log(args.input, session_col=args.session_col, item_col=args.item_col,
-                          time_col=args.time_col, sep=args.sep, time_unit=args.time_unit,
-                          date_col=args.date_col, offset_col=args.offset_col,
-                          offset_unit=args.offset_unit)
+    events = read_raw_log(args.input, **_read_options(args))
     try:
         frames, report = prepare_log(events, args.test_days * SECONDS_PER_DAY,
                                      (args.valid_days or 0.0) * SECONDS_PER_DAY,
                                      args.min_session_length, args.min_item_support)
     except ValueError as error:
-        raise ValueError(f"--input {args.input!r}: {error}; expected a longer log, or smaller "
-                         "--min-item-support, --min-session-length, --test-days or "
-                         "--valid-days") from None
+        raise _protocol_error(args, error) from None
     report["source"] = os.path.abspath(args.input)
     report["files"] = {name: os.path.join(args.out, f"{name}.tsv") for name in frames}
     with atomic_directory(args.out) as staging:  # all files appear at once, or none
@@ -45,6 +44,70 @@ def cmd_prepare_log(args) -> int:
             f.write("\n")
     sys.stdout.write(format_table(report) + "\n")
     return 0
+
+
+def _prepare_log_shards(args) -> int:
+    """`prepare log --shards`: chunks staged on disk, the protocol run by DuckDB, the training
+    set written as session-sorted Parquet shards (`tf_gru4rec.data.prepare_shards`)."""
+    from tf_gru4rec import extras
+
+    extras.require("prepare log --shards", "duckdb")
+    from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY, format_table
+    from tf_gru4rec.data.prepare_shards import ShardWork
+    from tf_gru4rec.data.scale_protocol import run_protocol
+    from tf_gru4rec.data.shard_writer import (
+        FORMAT,
+        write_events_table,
+        write_items,
+        write_train_shards,
+    )
+    from tf_gru4rec.paths import atomic_directory, check_input_file
+
+    check_input_file(args.input, "--input")
+    _check_prepare_out(args.out)
+    chunk_rows = int(os.environ.get(CHUNK_ROWS_ENV, 0)) or None
+    with ShardWork(args.out, memory_mb=args.memory_mb) as work:
+        work.load(args.input, chunk_rows=chunk_rows, **_read_options(args))
+        try:
+            report = run_protocol(work.con, "events", args.test_days * SECONDS_PER_DAY,
+                                  (args.valid_days or 0.0) * SECONDS_PER_DAY,
+                                  args.min_session_length, args.min_item_support)
+        except ValueError as error:
+            raise _protocol_error(args, error) from None
+        report["source"] = os.path.abspath(args.input)
+        report["format"] = FORMAT
+        names = list(report["outputs"])
+        report["files"] = {name: os.path.join(args.out, "train" if name == "train"
+                                              else f"{name}.parquet") for name in names}
+        report["files"]["items"] = os.path.join(args.out, "items.parquet")
+        with atomic_directory(args.out) as staging:  # all files appear at once, or none
+            shards, raw_ids, support = write_train_shards(
+                work.con, "train", os.path.join(staging, "train"), args.shard_events)
+            write_items(os.path.join(staging, "items.parquet"), raw_ids, support)
+            for name in names[1:]:
+                write_events_table(work.con, name, os.path.join(staging, f"{name}.parquet"))
+            report["shards"] = shards
+            report["n_items"] = len(raw_ids)
+            with open(os.path.join(staging, "prepare.json"), "w") as f:
+                json.dump(report, f, indent=2)
+                f.write("\n")
+    labels = {name: "train/" if name == "train" else f"{name}.parquet" for name in names}
+    sys.stdout.write(format_table(report, labels) + "\n")
+    return 0
+
+
+def _read_options(args) -> dict:
+    """The keyword arguments of `raw_log.read_raw_log` from `prepare log`'s options."""
+    return {"session_col": args.session_col, "item_col": args.item_col,
+            "time_col": args.time_col, "sep": args.sep, "time_unit": args.time_unit,
+            "date_col": args.date_col, "offset_col": args.offset_col,
+            "offset_unit": args.offset_unit}
+
+
+def _protocol_error(args, error: ValueError) -> ValueError:
+    return ValueError(f"--input {args.input!r}: {error}; expected a longer log, or smaller "
+                      "--min-item-support, --min-session-length, --test-days or "
+                      "--valid-days")
 
 
 def _check_prepare_out(path: str) -> None:
@@ -143,6 +206,18 @@ def register(subparsers) -> None:
                    help="the test set: sessions ending in the last DAYS (default: 1)")
     q.add_argument("--valid-days", type=types.number(0, low_open=True),
                    help="a validation set: sessions ending in the DAYS before the test period")
+    scale = q.add_argument_group(
+        "logs larger than memory (needs the scale extra: duckdb)")
+    scale.add_argument("--shards", action="store_true",
+                       help="read the log by chunks, run the protocol with DuckDB on disk and "
+                            "write train/part-NNNNN.parquet shards sorted by session start, "
+                            "items.parquet, test.parquet (valid.parquet)")
+    scale.add_argument("--shard-events", type=types.integer(1), default=1_000_000,
+                       help="events per training shard, cut at a session end "
+                            "(default: 1000000)")
+    scale.add_argument("--memory-mb", type=types.integer(64), default=1024,
+                       help="DuckDB's memory limit in MiB; beyond it, it spills to a work "
+                            "directory beside --out (default: 1024)")
     q.set_defaults(func=cmd_prepare_log)
 
     q = datasets.add_parser(

@@ -1,7 +1,8 @@
 """Optional extras: which one a command needs, said in one line before any work starts.
 
 `serving` (grpcio, tensorflow-serving-api) for `export` (warmup requests), `serve`, `replay`
-and `demo`; `research` (optuna, tensorboard) for `tune` and `train --tensorboard`.
+and `demo`; `research` (optuna, tensorboard) for `tune` and `train --tensorboard`; `scale`
+(duckdb) for `prepare log --shards`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ MODULES = {
     "tensorflow_serving": ("tensorflow-serving-api", "serving"),
     "optuna": ("optuna", "research"),
     "tensorboard": ("tensorboard", "research"),
+    "duckdb": ("duckdb", "scale"),
 }
 
 

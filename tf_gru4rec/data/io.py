@@ -81,18 +81,20 @@ def read_yoochoose_clicks(path: str | os.PathLike) -> pd.DataFrame:
     return validate_events(frame, source=path)
 
 
-def validate_events(frame: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame:
+def validate_events(frame: pd.DataFrame, source: str = "<frame>", first_row: int = 1
+                    ) -> pd.DataFrame:
     """Check and normalise an event frame with the standard columns.
 
     Ids that are all integers become int64; others stay strings. Time becomes float64 seconds.
-    Raises `DataError` naming the source, the 1-based data row, the column and the value.
+    Raises `DataError` naming the source, the 1-based data row, the column and the value;
+    `first_row` is the file's row number of the frame's first row (a chunk of a longer file).
     """
     if len(frame) == 0:
         raise DataError(f"{source}: the click log has no events")
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for col in (SESSION, ITEM):
-        out[col] = _normalise_ids(frame[col].to_numpy(), source, col)
-    out[TIME] = _parse_times(frame[TIME].to_numpy(), source)
+        out[col] = _normalise_ids(frame[col].to_numpy(), source, col, first_row)
+    out[TIME] = _parse_times(frame[TIME].to_numpy(), source, first_row)
     logger.info(
         "%s: %d events, %d sessions, %d items", source, len(out),
         out[SESSION].nunique(), out[ITEM].nunique(),
@@ -115,7 +117,7 @@ def _first_bad_row(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
-def _normalise_ids(values: np.ndarray, source: str, col: str) -> np.ndarray:
+def _normalise_ids(values: np.ndarray, source: str, col: str, first_row: int = 1) -> np.ndarray:
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
     if values.dtype.kind == "f":
@@ -123,15 +125,15 @@ def _normalise_ids(values: np.ndarray, source: str, col: str) -> np.ndarray:
         if bad.any():
             row = _first_bad_row(bad)
             raise DataError(
-                f"{source}: row {row + 1}, column {col!r}: expected an integer or string id, "
-                f"got {values[row]!r}"
+                f"{source}: row {row + first_row}, column {col!r}: expected an integer or "
+                f"string id, got {values[row]!r}"
             )
         return values.astype(np.int64)
     as_str = pd.Series(values, dtype="string")
     empty = (as_str.isna() | (as_str.str.strip() == "")).to_numpy()
     if empty.any():
         row = _first_bad_row(empty)
-        raise DataError(f"{source}: row {row + 1}, column {col!r}: empty id")
+        raise DataError(f"{source}: row {row + first_row}, column {col!r}: empty id")
     as_int = pd.to_numeric(as_str, errors="coerce")
     if not as_int.isna().any() and (as_int == np.round(as_int)).all():
         ints = as_str.astype("int64")
@@ -139,7 +141,7 @@ def _normalise_ids(values: np.ndarray, source: str, col: str) -> np.ndarray:
     return as_str.to_numpy(dtype=object)
 
 
-def _parse_times(values: np.ndarray, source: str) -> np.ndarray:
+def _parse_times(values: np.ndarray, source: str, first_row: int = 1) -> np.ndarray:
     if values.dtype.kind in "iuf":
         times = values.astype(np.float64)
     else:
@@ -156,8 +158,8 @@ def _parse_times(values: np.ndarray, source: str) -> np.ndarray:
     if bad.any():
         row = _first_bad_row(bad)
         raise DataError(
-            f"{source}: row {row + 1}, column {TIME!r}: expected unix seconds or an ISO 8601 "
-            f"date-time, got {values[row]!r}"
+            f"{source}: row {row + first_row}, column {TIME!r}: expected unix seconds or an "
+            f"ISO 8601 date-time, got {values[row]!r}"
         )
     return times
 

@@ -92,14 +92,17 @@ def summary(events: pd.DataFrame) -> dict:
             "last_time": float(events[TIME].max())}
 
 
-def format_table(report: dict) -> str:
-    """A short plain-text table: the input, what each step removed, and the outputs."""
+def format_table(report: dict, labels: dict | None = None) -> str:
+    """A short plain-text table: the input, what each step removed, and the outputs
+    (`labels`: an output's name in the table, default "<name>.tsv")."""
     rows = [("input", *_counts(report["input"]))]
     for entry in report["steps"]:
         if "events_removed" in entry:
             rows.append((entry["step"], -entry["events_removed"], -entry["sessions_removed"],
                          -entry["items_removed"]))
-    rows += [(f"{name}.tsv", *_counts(out)) for name, out in report["outputs"].items()]
+    labels = labels or {}
+    rows += [(labels.get(name, f"{name}.tsv"), *_counts(out))
+             for name, out in report["outputs"].items()]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'events':>9} {'sessions':>9} {'items':>7}"]
     lines += [f"{r[0]:{width}}  {r[1]:>9} {r[2]:>9} {r[3]:>7}" for r in rows]

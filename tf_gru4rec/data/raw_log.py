@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,62 @@ def read_raw_log(
       date_col, offset_col: the time as a date (ISO 8601) plus an offset in `offset_unit`
         ("s", "ms", "min" or "h"); the offset column is optional.
     """
+    chunks = iter_raw_log(path, session_col, item_col, time_col, sep, time_unit, date_col,
+                          offset_col, offset_unit, chunk_rows=None)
+    return next(chunks)[1]
+
+
+def iter_raw_log(
+    path: str | os.PathLike,
+    session_col: str = SESSION,
+    item_col: str = ITEM,
+    time_col: str | None = TIME,
+    sep: str | None = None,
+    time_unit: str = "auto",
+    date_col: str | None = None,
+    offset_col: str | None = None,
+    offset_unit: str = "s",
+    chunk_rows: int | None = 100_000,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """`read_raw_log` by chunks of `chunk_rows` rows (None: the whole file at once).
+
+    Yields (raw, events) per chunk: the chunk's text columns [rows] as read, and its standard
+    event frame. Errors name the row in the whole file. `time_unit="auto"` is decided once,
+    from the first chunk, for the whole file. Each chunk's ids are int64 when all of its ids
+    are integers (the caller decides the file's type from all chunks, see `raw_ids`).
+    """
     path = os.fspath(path)
+    _check_options(time_unit, offset_unit, date_col, offset_col)
+    if path.lower().removesuffix(".gz").endswith((".parquet", ".pq")):
+        seen, frames = "Parquet", _parquet_frames(path, chunk_rows)
+    else:
+        sep = detect_separator(path) if sep is None else sep
+        seen = SEPARATORS.get(sep, repr(sep))
+        frames = _csv_frames(path, sep, chunk_rows)
+    wanted = [session_col, item_col, *([date_col, offset_col] if date_col else [time_col])]
+    first_row, n_chunks = 1, 0
+    for frame in frames:
+        if n_chunks == 0:
+            _check_columns(frame, [c for c in wanted if c], path, seen)
+            if not date_col:
+                time_unit = _resolve_unit(frame[time_col], time_unit)
+        if len(frame) == 0 and n_chunks > 0:
+            continue
+        if date_col:
+            times = _date_plus_offset(frame, date_col, offset_col, OFFSET_UNITS[offset_unit],
+                                      path, first_row)
+        else:
+            times = _unix_or_iso(frame[time_col], time_unit)
+        events = pd.DataFrame({SESSION: frame[session_col].to_numpy(),
+                               ITEM: frame[item_col].to_numpy(), TIME: times})
+        yield frame, validate_events(events, source=path, first_row=first_row)
+        first_row += len(frame)
+        n_chunks += 1
+    if n_chunks == 0:
+        raise DataError(f"{path}: the click log has no events")
+
+
+def _check_options(time_unit: str, offset_unit: str, date_col, offset_col) -> None:
     if time_unit not in TIME_UNITS:
         raise ValueError(f"`time_unit` should be one of {TIME_UNITS}. Received: {time_unit!r}")
     if offset_unit not in OFFSET_UNITS:
@@ -73,26 +129,46 @@ def read_raw_log(
                          f"Received: {offset_unit!r}")
     if offset_col and not date_col:
         raise ValueError("an offset column (--offset-col) needs a date column (--date-col)")
-    if path.lower().removesuffix(".gz").endswith((".parquet", ".pq")):
-        frame = pd.read_parquet(path).astype(str)
-    else:
-        sep = detect_separator(path) if sep is None else sep
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    wanted = [session_col, item_col, *([date_col, offset_col] if date_col else [time_col])]
-    missing = [c for c in wanted if c and c not in frame.columns]
+
+
+def _parquet_frames(path: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    if chunk_rows is None:
+        yield pd.read_parquet(path).astype(str)
+        return
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        for batch in f.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas().astype(str)
+
+
+def _csv_frames(path: str, sep: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    if chunk_rows is None:
+        yield pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        return
+    with pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
+                     chunksize=chunk_rows) as reader:
+        yield from reader
+
+
+def _check_columns(frame: pd.DataFrame, wanted: list, path: str, seen: str) -> None:
+    missing = [c for c in wanted if c not in frame.columns]
     if missing:
-        seen = SEPARATORS.get(sep, repr(sep)) if sep else "Parquet"
         raise DataError(f"{path}: missing column(s) {missing}; the file has columns "
                         f"{list(frame.columns)} (separator: {seen}). Set the column names "
                         "(--session-col, --item-col, --time-col or --date-col/--offset-col) "
                         "or the separator (--sep)")
-    if date_col:
-        times = _date_plus_offset(frame, date_col, offset_col, OFFSET_UNITS[offset_unit], path)
-    else:
-        times = _unix_or_iso(frame[time_col], time_unit)
-    events = pd.DataFrame({SESSION: frame[session_col].to_numpy(),
-                           ITEM: frame[item_col].to_numpy(), TIME: times})
-    return validate_events(events, source=path)
+
+
+def _resolve_unit(column: pd.Series, unit: str) -> str:
+    """"s" or "ms" for a numeric column ("auto": a median above 1e11 is milliseconds)."""
+    if unit != "auto" or len(column) == 0:
+        return "s" if unit == "auto" else unit
+    numeric = pd.to_numeric(column, errors="coerce")
+    if numeric.notna().mean() < 0.5:
+        return "s"  # ISO 8601 strings: no unit
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    return "ms" if np.nanmedian(values) > _MS_THRESHOLD else "s"
 
 
 def _unix_or_iso(column: pd.Series, unit: str) -> np.ndarray:
@@ -101,28 +177,29 @@ def _unix_or_iso(column: pd.Series, unit: str) -> np.ndarray:
     if numeric.notna().mean() < 0.5:
         return column.to_numpy()
     values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
-    if unit == "ms" or (unit == "auto" and np.nanmedian(values) > _MS_THRESHOLD):
+    if unit == "ms":
         values = values / 1000.0
     return np.where(numeric.isna().to_numpy(), column.to_numpy(dtype=object), values)
 
 
 def _date_plus_offset(frame: pd.DataFrame, date_col: str, offset_col: str | None,
-                      scale: float, path: str) -> np.ndarray:
+                      scale: float, path: str, first_row: int = 1) -> np.ndarray:
     dates = pd.to_datetime(frame[date_col], errors="coerce", utc=True, format="ISO8601")
     seconds = ((dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(
         dtype=np.float64, na_value=np.nan)
-    _check_finite(seconds, frame[date_col], path, date_col, "an ISO 8601 date")
+    _check_finite(seconds, frame[date_col], path, date_col, "an ISO 8601 date", first_row)
     if offset_col:
         offsets = pd.to_numeric(frame[offset_col], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan)
-        _check_finite(offsets, frame[offset_col], path, offset_col, "a number")
+        _check_finite(offsets, frame[offset_col], path, offset_col, "a number", first_row)
         seconds = seconds + offsets * scale
     return seconds
 
 
-def _check_finite(values: np.ndarray, raw: pd.Series, path: str, col: str, expected: str):
+def _check_finite(values: np.ndarray, raw: pd.Series, path: str, col: str, expected: str,
+                  first_row: int = 1):
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         row = int(bad[0])
-        raise DataError(f"{path}: row {row + 1}, column {col!r}: expected {expected}, "
+        raise DataError(f"{path}: row {row + first_row}, column {col!r}: expected {expected}, "
                         f"got {raw.iloc[row]!r}")
