@@ -81,8 +81,8 @@ def reference(workdir: str) -> dict:
     """Two replicas train one epoch; a plain model replays both replicas' steps by hand (the
     sum of their gradients, the loss over the global batch) from the same initial weights."""
     from tf_gru4rec.config import TrainConfig
-    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
     from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.distributed import DistributedTrainer, replica_streams
     from tf_gru4rec.distributed_input import TrainingSource

@@ -204,6 +204,49 @@ def test_two_local_workers_end_with_identical_weights(small_logs, tmp_path):
     assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(metrics["recall@20"])
 
 
+def _shards(train_path, out, shard_events) -> str:
+    assert main(["-v", "WARNING", "prepare", "log", "--input", train_path, "--out", str(out),
+                 "--shards", "--shard-events", str(shard_events), "--min-item-support",
+                 "1"]) == 0
+    return str(out / "train")
+
+
+def test_custom_loop_on_one_shard_trains_as_fit_on_its_log(small_logs, tmp_path):
+    from tf_gru4rec.data.shards import ShardSet
+
+    shards = ShardSet.load(_shards(small_logs[0], tmp_path / "sh", 10**9))
+    assert len(shards) == 1
+    config = _config()
+    trainer = DistributedTrainer(config, TrainingSource(shards=shards),
+                                 tf.distribute.MirroredStrategy(["/cpu:0"]))
+    trainer.fit()
+    reference = train(config, shards.read(0), verbose=0)
+    for mine, theirs in zip(trainer.model.trainable_variables,
+                            reference.model.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(mine.value), np.asarray(theirs.value),
+                                   atol=2e-5, err_msg=mine.path)
+
+
+def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
+    """3 shards for 2 workers: worker 0 reads shards 0 and 2, worker 1 shard 1, so worker 1
+    runs out first and pads; both still end identical, and every event is trained on."""
+    from tf_gru4rec.data.shards import ShardSet
+
+    train_dir = _shards(small_logs[0], tmp_path / "sh", 1500)
+    shards = ShardSet.load(train_dir)
+    assert len(shards) == 3
+    done = _run([sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_dir,
+                 "--test", str(tmp_path / "sh" / "test.parquet"), "--out", str(tmp_path / "m"),
+                 *QUICK, "--workers", "2"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(done.stdout)
+    assert len(set(metrics["replica_weight_digests"])) == 1
+    assert metrics["train_events"] == 2 * shards.n_predictions
+    # Each epoch runs as many steps as the busier worker needs (it holds 2 of the 3 shards).
+    lengths = [shards.read(k).n_predictions for k in range(3)]
+    assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]
+
+
 def test_a_killed_worker_stops_the_whole_run(small_logs, tmp_path):
     """SIGKILL worker 1 mid-training: the launcher stops worker 0 (it would wait in the next
     all-reduce) and exits non-zero, and no model directory appears."""

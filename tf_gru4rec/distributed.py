@@ -181,8 +181,8 @@ class DistributedTrainer:
         local = [np.frombuffer(bytes.fromhex(d), dtype=np.int32) for d in self.weight_digests()]
         words = self.strategy.experimental_distribute_values_from_function(
             lambda context: tf.constant(local[context.replica_id_in_sync_group % len(local)]))
-        gathered = self.strategy.run(
+        gathered = tf.function(lambda words: self.strategy.run(
             lambda w: tf.distribute.get_replica_context().all_gather(w[None], axis=0),
-            args=(words,))
+            args=(words,)))(words)
         rows = self.strategy.experimental_local_results(gathered)[0].numpy()
         return [row.astype(np.int32).tobytes().hex() for row in rows]
