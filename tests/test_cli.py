@@ -114,3 +114,17 @@ def test_xla_flags_are_added_once_and_respect_the_user():
     empty = {}
     xla_flags.apply(empty)
     assert empty["XLA_FLAGS"] == flag
+
+
+def test_piped_train_keeps_stdout_for_the_metrics_json(files, tmp_path):
+    """With stdout a pipe, Keras' progress bar (which writes to stdout) goes to stderr: the
+    metrics JSON on stdout stays parseable (`tf-gru4rec train ... > metrics.json`)."""
+    train_path = str(files / "train.tsv")
+    done = subprocess.run(
+        [sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_path, "--out",
+         str(tmp_path / "m"), "--preset", "quick", "--set", "n_epochs=1", "--verbose", "1"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["n_items"] > 0
+    assert "step" in done.stderr

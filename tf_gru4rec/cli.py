@@ -206,8 +206,12 @@ def cmd_train(args) -> int:
         callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
     if args.log_json:
         callbacks.append(_JsonLines(args.log_json))
-    result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model,
-                   backup_dir=args.backup_dir, backup_every=args.backup_every)
+    import contextlib
+
+    # Keras writes its progress bar to stdout; stdout carries the metrics JSON only.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train(config, log, callbacks=callbacks, verbose=args.verbose, model=model,
+                       backup_dir=args.backup_dir, backup_every=args.backup_every)
     metrics = {
         "train_seconds": result.train_seconds,
         "train_events": result.train_events,

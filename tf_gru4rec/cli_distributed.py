@@ -15,7 +15,7 @@ import os
 logger = logging.getLogger("tf_gru4rec")
 
 # Options of `train` that run only on Keras `fit` (one process, one device, in-memory log).
-FIT_ONLY_OPTIONS = (("backup_dir", "--backup-dir"), ("valid", "--valid"),
+FIT_ONLY_OPTIONS = (("backup_every", "--backup-every"), ("valid", "--valid"),
                     ("early_stopping", "--early-stopping"), ("tensorboard", "--tensorboard"),
                     ("warm_start", "--warm-start"))
 
@@ -30,7 +30,7 @@ def check_options(args, config, cluster) -> None:
     how = ("--workers" if args.workers > 1 else "TF_CONFIG" if cluster else
            "--mirrored" if args.mirrored else "Parquet shards (--train is a directory)")
     for attribute, option in FIT_ONLY_OPTIONS:
-        if getattr(args, attribute, None) is not None:
+        if getattr(args, attribute, None) not in (None, 0):
             raise ValueError(f"{option} is not available with {how}: distributed and sharded "
                              "training run a custom loop without it; expected a single-process "
                              "run on a click-log file for it")
@@ -82,9 +82,17 @@ def train_distributed(args, config, cluster) -> int:
 
     import time
 
+    backup = None
+    if args.backup_dir:
+        from tf_gru4rec.resume import TrainingBackup
+        from tf_gru4rec.training import _fingerprint
+
+        # Epoch ends only; every worker restores the chief's backup (shared storage).
+        backup = TrainingBackup(args.backup_dir, None, _fingerprint(config, source),
+                                with_metrics=False)
     start = time.perf_counter()
-    history = trainer.fit(epoch_end)
-    seconds = time.perf_counter() - start
+    history = trainer.fit(epoch_end, backup=backup, write_backups=is_chief)
+    seconds = backup.elapsed() if backup is not None else time.perf_counter() - start
     digests = trainer.gathered_digests()  # every worker: also the end-of-training barrier
     if len(set(digests)) != 1:
         logger.error("the replicas ended with different weights: %s", digests)
@@ -96,8 +104,9 @@ def train_distributed(args, config, cluster) -> int:
     events = source.n_predictions * len(history["loss"])
     metrics = {
         "train_seconds": seconds, "train_events": events,
-        "train_events_per_second": events / max(seconds, 1e-9), "train_resumes": 0,
+        "train_events_per_second": events / max(seconds, 1e-9),
         "final_loss": history["loss"][-1] if history["loss"] else None,
+        "train_resumes": backup.resumes if backup is not None else 0,
         "n_items": len(vocabulary), "workers": cluster[0] if cluster else 1,
         "replicas": strategy.num_replicas_in_sync, "replica_weight_digests": digests,
         "steps_per_epoch": history["steps"],
@@ -114,5 +123,7 @@ def train_distributed(args, config, cluster) -> int:
         save_model_dir(staging, trainer.model, vocabulary, config)
         with open(os.path.join(staging, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
+    if backup is not None:
+        backup.delete()
     _json_out(metrics)
     return 0

@@ -53,9 +53,14 @@ class TrainingBackup(keras.callbacks.Callback):
       source: the `SessionParallelInput` being trained on (block size, epoch lengths).
       fingerprint: JSON-able description of the run; a backup of another run is refused.
       every_steps: also back up mid-epoch after this many training steps (0: epoch ends only).
+      with_metrics: also back up the metrics' running state (the loss of a half-done epoch).
+        The distributed loop (`tf_gru4rec.distributed`) backs up at epoch ends only and keeps
+        its own loss; there, reading a metric created under a strategy is an all-reduce, which
+        the chief alone must not start.
     """
 
-    def __init__(self, backup_dir: str, source, fingerprint: dict, every_steps: int = 0):
+    def __init__(self, backup_dir: str, source, fingerprint: dict, every_steps: int = 0,
+                 with_metrics: bool = True):
         super().__init__()
         if every_steps < 0:
             raise ValueError(f"`every_steps` should be >= 0. Received: {every_steps}")
@@ -63,6 +68,7 @@ class TrainingBackup(keras.callbacks.Callback):
         self.source = source
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.every_steps = int(every_steps)
+        self.with_metrics = bool(with_metrics)
         self.history: dict = {}
         self.resumes = 0
         self.base_seconds = 0.0
@@ -102,7 +108,7 @@ class TrainingBackup(keras.callbacks.Callback):
         variables = self._extra_variables()
         if [list(v.shape) for v in variables] != meta["variables"]:
             raise ValueError(f"backup {self.path} does not match the model's state variables")
-        n_seeds = len(variables) - len(model.metrics_variables)
+        n_seeds = len(variables) - len(self._metrics_variables())
         for variable, value in zip(variables[:n_seeds], extra[:n_seeds], strict=True):
             variable.assign(value)
         self._pending = (meta["epoch"], meta["step"], extra[n_seeds:])
@@ -118,8 +124,12 @@ class TrainingBackup(keras.callbacks.Callback):
     def _extra_variables(self) -> list:
         """State that `save_weights` leaves out: seed generators (dropout), then metrics."""
         saved = {id(v) for v in self.model.weights}
-        seeds = [v for v in self.model.variables if id(v) not in saved]
-        return seeds + list(self.model.metrics_variables)
+        metrics = {id(v) for v in self.model.metrics_variables}
+        seeds = [v for v in self.model.variables if id(v) not in saved and id(v) not in metrics]
+        return seeds + self._metrics_variables()
+
+    def _metrics_variables(self) -> list:
+        return list(self.model.metrics_variables) if self.with_metrics else []
 
     # ----------------------------------------------------------------- backup
     def on_epoch_begin(self, epoch, logs=None):
