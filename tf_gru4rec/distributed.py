@@ -89,6 +89,9 @@ class DistributedTrainer:
                 optimizer.static_shapes = False  # no XLA here: `tf.unique` row sums
             optimizer.build(self.model.trainable_variables)
         self._run_block = tf.function(self._block_on_replicas)
+        # One step's forward and backward pass as one XLA program (no collective inside).
+        self._forward_backward = tf.function(self.model.forward_backward,
+                                             jit_compile=config.jit_compile)
 
     # ------------------------------------------------------------------ one block
     def _replica_extent(self, block):
@@ -103,7 +106,7 @@ class DistributedTrainer:
         sum and events)."""
         step = {key: block[key][i] for key in ("inputs", "targets", "reset", "valid",
                                                 "negatives") if key in block}
-        grads, per_event, valid, new_states = self.model.forward_backward(step, states)
+        grads, per_event, valid, new_states = self._forward_backward(step, states)
         self.model.optimizer.apply(grads, self.model.trainable_variables)
         return new_states, totals + tf.stack([tf.reduce_sum(per_event), tf.reduce_sum(valid)])
 
