@@ -259,7 +259,7 @@ def test_a_killed_worker_stops_the_run_and_the_rerun_resumes_it_exactly(small_lo
     state) of an uninterrupted run."""
     train_path, _ = small_logs
     command = [sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_path,
-               "--out", str(tmp_path / "out"), *QUICK, "--set", "n_epochs=8", "--workers", "2",
+               "--out", str(tmp_path / "out"), *QUICK, "--set", "n_epochs=4", "--workers", "2",
                "--backup-dir", str(tmp_path / "backup")]
     log_path = tmp_path / "stderr.log"
     with open(log_path, "w") as err:
