@@ -17,9 +17,9 @@
    one step measured here (one replica: forward and backward pass as one XLA program, then the
    AdagradM update, as in the distributed loop).
 
-  PYTHONPATH=. python benchmarks/distributed.py [--data DIR] [--epochs 2]
+  PYTHONPATH=. python benchmarks/distributed.py [--data DIR] [--epochs 2] [--mirrored]
 
-Writes benchmarks/results/distributed.json and prints Markdown tables.
+Writes benchmarks/results/distributed.json (or --out) and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def main() -> None:
     parser.add_argument("--preset", default="rsc15-xe")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--mirrored", action="store_true",
+                        help="also time `train --mirrored` (all of this host's GPUs)")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         data = args.data
@@ -151,6 +154,9 @@ def main() -> None:
             train_speed(train_path, test_path, args.preset, args.epochs, workdir,
                         "loop, 2 workers", ["--workers", "2"]),
         ]
+        if args.mirrored:
+            speed.append(train_speed(train_path, test_path, args.preset, args.epochs, workdir,
+                                     "loop, --mirrored", ["--mirrored"]))
     sizes = [step_bytes(n, args.preset) for n in args.items]
     for row in sizes:
         row["projection_10gbit"] = projection(row)
@@ -159,8 +165,8 @@ def main() -> None:
               "benchmarks/distributed.py " + " ".join(sys.argv[1:]), "preset": args.preset,
               "epochs": args.epochs, "data": args.data or "bundled synthetic (generate)",
               "speed": speed, "bytes": sizes}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print("| run | events/s | train s | Recall@20 | MRR@20 |\n|---|---|---|---|---|")
     for row in speed:

@@ -33,4 +33,7 @@ timeout 300 python3 benchmarks/serving_breakdown.py --calls 500 --seconds 5 \
   --out "$OUT/gpu_serving_breakdown.json" || true
 timeout 600 python3 benchmarks/serving_throughput.py --units 100 --seconds 5 \
   --out "$OUT/gpu_serving_throughput.json" || true
+# Multi-worker training: fit, the custom loop on 1 and 2 workers, and --mirrored over all GPUs;
+# bytes all-reduced per step at 10k / 100k / 1M items.
+timeout 1800 python3 benchmarks/distributed.py --mirrored --out "$OUT/gpu_distributed.json" || true
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true

@@ -89,7 +89,7 @@ def reference(workdir: str) -> dict:
     from tf_gru4rec.layers.dropout import HashDropout
     from tf_gru4rec.training import build_model
 
-    events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=400, seed=5))
+    events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=250, seed=5))
     vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
     log = SessionLog.from_events(events, vocabulary)
     config = TrainConfig().with_overrides({

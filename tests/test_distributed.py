@@ -44,7 +44,7 @@ def _runner(*args, timeout=300) -> dict:
 
 
 def _config(**overrides) -> TrainConfig:
-    values = {"batch_size": "8", "n_sample": "16", "layers": "16", "n_epochs": "2",
+    values = {"batch_size": "8", "n_sample": "16", "layers": "16", "n_epochs": "1",
               "steps_per_execution": "6", "momentum": "0.3", "loss": "bpr-max",
               "bpreg": "0.5", "dropout_p_hidden": "0.3", "embedding": "0",
               "constrained_embedding": "true"}
@@ -177,14 +177,24 @@ def small_logs(tmp_path_factory):
     return str(out / "train.tsv"), str(out / "test.tsv")
 
 
-def test_two_local_workers_end_with_identical_weights(small_logs, tmp_path):
+@pytest.fixture(scope="module")
+def two_workers(small_logs, tmp_path_factory):
+    """`train --workers 2` (4 epochs): (its arguments, the finished process, the model dir)."""
+    train_path, test_path = small_logs
+    args = ["train", "--train", train_path, "--test", test_path, *QUICK, "--set", "n_epochs=4"]
+    out = tmp_path_factory.mktemp("two-workers") / "w"
+    done = _run([sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(out),
+                 "--workers", "2"], timeout=300)
+    return args, done, out
+
+
+def test_two_local_workers_end_with_identical_weights(small_logs, two_workers, tmp_path,
+                                                      capsys):
     """`train --workers 2`: two processes on 127.0.0.1. Both replicas' weight digests agree,
     they equal two devices in one process (the same sharding and seeds), and the chief's
     model directory evaluates as its metrics say."""
-    train_path, test_path = small_logs
-    args = ["train", "--train", train_path, "--test", test_path, *QUICK]
-    done = _run([sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(tmp_path / "w"),
-                 "--workers", "2"], timeout=300)
+    _, test_path = small_logs
+    args, done, out = two_workers
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout)
     assert metrics["workers"] == 2 and metrics["replicas"] == 2
@@ -193,9 +203,9 @@ def test_two_local_workers_end_with_identical_weights(small_logs, tmp_path):
     assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
     # Collectives leave no thread behind (with a per-collective timeout, TF 2.21 leaked one
     # per collective: thousands per epoch, then EAGAIN).
-    threads = [int(n) for n in re.findall(r"worker 0 \S+: epoch \d/2: .* (\d+) threads",
+    threads = [int(n) for n in re.findall(r"worker 0 \S+: epoch \d/4: .* (\d+) threads",
                                           done.stderr)]
-    assert len(threads) == 2 and threads[1] - threads[0] < 20, threads
+    assert len(threads) == 4 and threads[3] - threads[1] < 20, threads
     assert metrics["recall@20"] > 0.5
 
     devices = _runner("cli", *args, "--out", str(tmp_path / "m"), "--mirrored")
@@ -203,10 +213,10 @@ def test_two_local_workers_end_with_identical_weights(small_logs, tmp_path):
     with open(tmp_path / "m" / "metrics.json") as f:
         assert json.load(f)["replica_weight_digests"] == digests
 
-    evaluated = _run([sys.executable, "-m", "tf_gru4rec.cli", "evaluate", "--model",
-                      str(tmp_path / "w"), "--test", test_path])
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(metrics["recall@20"])
+    capsys.readouterr()
+    assert main(["-v", "WARNING", "evaluate", "--model", str(out), "--test", test_path]) == 0
+    assert json.loads(capsys.readouterr().out)["recall@20"] == pytest.approx(
+        metrics["recall@20"])
 
 
 def _shards(train_path, out, shard_events) -> str:
@@ -252,15 +262,14 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
     assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]
 
 
-def test_a_killed_worker_stops_the_run_and_the_rerun_resumes_it_exactly(small_logs, tmp_path):
+def test_a_killed_worker_stops_the_run_and_the_rerun_resumes_it_exactly(two_workers, tmp_path):
     """SIGKILL worker 1 once the chief has backed up an epoch: the launcher stops worker 0 (it
     would wait in the next all-reduce), exits non-zero, and no model directory appears. The
     same command again resumes from the backup and ends with the weights (and optimizer
     state) of an uninterrupted run."""
-    train_path, _ = small_logs
-    command = [sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_path,
-               "--out", str(tmp_path / "out"), *QUICK, "--set", "n_epochs=4", "--workers", "2",
-               "--backup-dir", str(tmp_path / "backup")]
+    args, whole, _ = two_workers  # the same run, uninterrupted
+    command = [sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(tmp_path / "out"),
+               "--workers", "2", "--backup-dir", str(tmp_path / "backup")]
     log_path = tmp_path / "stderr.log"
     with open(log_path, "w") as err:
         launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err,
@@ -294,12 +303,10 @@ def test_a_killed_worker_stops_the_run_and_the_rerun_resumes_it_exactly(small_lo
     metrics = json.loads(resumed.stdout)
     assert metrics["train_resumes"] == 1
     assert not (tmp_path / "backup").exists()  # removed once the model is written
-    whole = _run([*command[:command.index("--out") + 1], str(tmp_path / "whole"),
-                  *command[command.index("--out") + 2:command.index("--backup-dir")]],
-                 timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert json.loads(whole.stdout)["replica_weight_digests"] == \
         metrics["replica_weight_digests"]
+    assert json.loads(whole.stdout)["recall@20"] == metrics["recall@20"]
 
 
 # ----------------------------------------------------------------------- bad options

@@ -147,9 +147,11 @@ def _saved_model_cli(args, env):
     return subprocess.run(command + args, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.parametrize("exported", ["constrained-2-layers-exclude-seen"], indirect=True)
 def test_saved_model_cli_runs_a_fresh_export(exported, tmp_path):
     """`saved_model_cli run` (it ships with TensorFlow and loads with the session-based loader,
-    as TF Serving does) on `recommend` and `step`, compared with the Keras model."""
+    as TF Serving does) on `recommend` and `step`, compared with the Keras model. One variant,
+    the one with most parts: the tests above check all three on that same loader."""
     model, _, exclude_seen, path = exported
     sessions = np.asarray([[3, 4, 5], [7, 7, 1]])
     per_step, final_state = keras_step_scores(model, sessions)

@@ -219,8 +219,9 @@ CAP_MB = 1100
 N_EVENTS = 4_000_000
 # Training: TensorFlow alone reserves ~1.7 GB of address space (0.66 GB resident), so the cap is
 # set above what the process holds once TensorFlow has started. Measured on 2 cores with this
-# log, one epoch at batch 512: from the shards VmPeak +0.22 GB (RSS 0.75 GB, 17 s); from the
-# whole log in pandas, the in-memory path, +0.94 GB (RSS 1.60 GB). The cap: +450 MB.
+# log, one epoch at batch 512 (as the test trains; at 2048 it ran out): from the shards VmPeak
+# +0.22 GB (RSS 0.75 GB, 17 s); from the whole log in pandas, the in-memory path, +0.94 GB
+# (RSS 1.60 GB). The cap: +450 MB.
 CAPPED_TRAIN = """
 import resource, sys
 import tensorflow as tf

@@ -119,7 +119,16 @@ def _check_train_paths(args) -> None:
     )
 
     check_output_dir(args.out, "--out", replaceable=True)
-    if not os.path.isdir(args.train):  # a directory: Parquet shards, checked when loaded
+    if os.path.isdir(args.train):  # Parquet shards of `prepare log --shards`
+        from tf_gru4rec.data.io import DataError
+        from tf_gru4rec.data.shards import ShardSet
+
+        try:
+            ShardSet.load(args.train)
+        except DataError as error:
+            raise ValueError(f"--train {args.train!r} is a directory, not Parquet shards "
+                             f"({error})") from None
+    else:
         check_input_file(args.train, "--train")
     for option, path in (("--test", args.test), ("--valid", args.valid)):
         if path:
