@@ -129,8 +129,10 @@ def reference(workdir: str) -> dict:
              for v, w in zip(trainer.model.trainable_variables, model.trainable_variables,
                              strict=True)}
     # Each replica draws its own dropout masks.
-    dropout = HashDropout(0.5, seed=3)
-    masks = strategy.run(lambda: dropout(tf.ones((4, 64)), training=True))
+    with strategy.scope():  # as the model's layers are: a mirrored seed state
+        dropout = HashDropout(0.5, seed=3)
+    masks = tf.function(lambda: strategy.run(  # in a graph, as training runs it
+        lambda: dropout(tf.ones((4, 64)), training=True)))()
     masks = [m.numpy() for m in strategy.experimental_local_results(masks)]
     return {"steps": steps, "trainer_steps": history["steps"][0], "diffs": diffs,
             "moved": float(np.max(np.abs(np.asarray(model.trainable_variables[0].value)

@@ -198,6 +198,7 @@ def test_two_local_workers_end_with_identical_weights(small_logs, two_workers, t
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout)
     assert metrics["workers"] == 2 and metrics["replicas"] == 2
+    assert metrics["events_per_epoch"] == [metrics["train_events"] // 4] * 4
     digests = metrics["replica_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
@@ -257,6 +258,8 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
     metrics = json.loads(done.stdout)
     assert len(set(metrics["replica_weight_digests"])) == 1
     assert metrics["train_events"] == 2 * shards.n_predictions
+    # Counted while training: every event once per epoch, none twice, none dropped.
+    assert metrics["events_per_epoch"] == [shards.n_predictions] * 2
     # Each epoch runs as many steps as the busier worker needs (it holds 2 of the 3 shards).
     lengths = [shards.read(k).n_predictions for k in range(3)]
     assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]

@@ -109,7 +109,7 @@ def train_distributed(args, config, cluster) -> int:
         "train_resumes": backup.resumes if backup is not None else 0,
         "n_items": len(vocabulary), "workers": cluster[0] if cluster else 1,
         "replicas": strategy.num_replicas_in_sync, "replica_weight_digests": digests,
-        "steps_per_epoch": history["steps"],
+        "steps_per_epoch": history["steps"], "events_per_epoch": history["events"],
     }
     if test_log is not None:
         from tf_gru4rec.evaluation import evaluate

@@ -147,8 +147,9 @@ class DistributedTrainer:
         options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
         return self.strategy.distribute_datasets_from_function(dataset_fn, options)
 
-    def run_epoch(self, epoch: int) -> tuple[float, int]:
-        """Trains one epoch; returns (mean loss over the events, steps run)."""
+    def run_epoch(self, epoch: int) -> tuple[float, int, int]:
+        """Trains one epoch; returns (mean loss over the events, steps run, events trained on
+        by all replicas together)."""
         iterator = iter(self._dataset(epoch))
         states, loss_sum, n_events, steps = self._zero_states(), 0.0, 0.0, 0
         more = True
@@ -158,18 +159,19 @@ class DistributedTrainer:
             n_events += float(totals[1])
             steps += int(n_steps)
             more = bool(more)
-        return loss_sum / max(n_events, 1.0), steps
+        return loss_sum / max(n_events, 1.0), steps, int(round(n_events))
 
     def fit(self, epoch_end=None, backup=None, write_backups: bool = True) -> dict:
         """Trains `config.n_epochs` epochs; `epoch_end(epoch, logs)` is called after each one.
-        Returns the history {"loss": [...], "steps": [...]}.
+        Returns the history {"loss": [...], "steps": [...], "events": [...]} (events: trained
+        on by all replicas together; each epoch covers every event with a successor once).
 
         backup: a `TrainingBackup` (`tf_gru4rec.resume`): every worker restores it before the
           first step (a collective check then makes sure all hold the same state: the backup
           directory must be on storage they share); with `write_backups` (the chief) the state
           is backed up at each epoch end.
         """
-        history, first_epoch = {"loss": [], "steps": []}, 0
+        history, first_epoch = {"loss": [], "steps": [], "events": []}, 0
         if backup is not None:
             point = backup.restore(self.model)
             if point is not None:
@@ -182,9 +184,10 @@ class DistributedTrainer:
                                  "expected a backup directory on storage every worker shares")
         for epoch in range(first_epoch, self.config.n_epochs):
             start = time.perf_counter()
-            loss, steps = self.run_epoch(epoch)
+            loss, steps, events = self.run_epoch(epoch)
             history["loss"].append(loss)
             history["steps"].append(steps)
+            history["events"].append(events)
             seconds = time.perf_counter() - start
             logger.info("epoch %d/%d: loss %.4f, %d steps of %d replicas, %.0f events/s, "
                         "%s threads", epoch + 1, self.config.n_epochs, loss, steps,
@@ -193,7 +196,7 @@ class DistributedTrainer:
             if epoch_end is not None:
                 epoch_end(epoch, {"loss": loss})
             if backup is not None and write_backups:
-                backup.on_epoch_end(epoch, {"loss": loss, "steps": steps})
+                backup.on_epoch_end(epoch, {"loss": loss, "steps": steps, "events": events})
         return history
 
     def weight_digests(self) -> list[str]:
