@@ -70,6 +70,8 @@ def test_two_workers_reach_single_worker_accuracy(rsc15_paths, tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     workers = json.loads(done.stdout)
+    print(f"1 process: {single['recall@20']:.4f} / {single['mrr@20']:.4f}; 2 workers: "
+          f"{workers['recall@20']:.4f} / {workers['mrr@20']:.4f}")
     assert len(set(workers["replica_weight_digests"])) == 1
     assert abs(workers["recall@20"] - single["recall@20"]) <= WORKER_TOLERANCE[0], (workers,
                                                                                      single)
