@@ -9,8 +9,10 @@ Each replica trains on its own sessions with B / R of the B slots (`tf_gru4rec.d
 and its own negatives; the loss is divided by the global B, the gradients (the item tables'
 row-sparse ones included, as `IndexedSlices`) are summed over the replicas by Keras' optimizer,
 and every replica applies the same `AdagradM` update to its copy of the variables. A block of K
-steps is one `strategy.run`: it starts with an all-reduce of how many of its steps hold events on
-any replica (all run that many) and whether any replica has a block after it.
+steps is one `tf.function` call: an all-gather first tells how many of its steps hold events on
+any replica (all run that many) and whether any replica has a block after it, then a loop in
+cross-replica context runs one `strategy.run` per step (each step's forward and backward pass
+is one XLA program). The epoch's events, loss and steps are summed over the replicas.
 """
 
 from __future__ import annotations
