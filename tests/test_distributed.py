@@ -31,9 +31,9 @@ QUICK = ["--preset", "quick", "--set", "n_epochs=2", "--set", "layers=24",
 
 
 def _run(args, timeout=300, env=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    env.pop("TF_CONFIG", None) if "TF_CONFIG" not in (env or {}) else None
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    full = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    full.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full)
 
 
 def _runner(*args, timeout=300) -> dict:
@@ -124,11 +124,11 @@ def test_batch_size_must_divide_among_replicas(synthetic_log):
         replica_streams(TrainingSource(log=log), _config(batch_size=9), [0], 2)
 
 
-def test_replica_stream_rejects_nothing_silently():
+def test_replica_stream_rejects_nothing_silently(synthetic_log):
     with pytest.raises(ValueError, match="exactly one of"):
         TrainingSource()
     with pytest.raises(ValueError, match=r"`replica` should be in \[0, 2\)"):
-        TrainingSource(log=object()).parts(2, 2)
+        TrainingSource(log=synthetic_log[0]).parts(2, 2)
     assert isinstance(ReplicaStream([], 4, np.ones(5)), ReplicaStream)
 
 

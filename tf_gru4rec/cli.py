@@ -123,8 +123,8 @@ def _check_train_paths(args) -> None:
         from tf_gru4rec.data.io import DataError
         from tf_gru4rec.data.shards import ShardSet
 
-        try:
-            ShardSet.load(args.train)
+        try:  # kept for training: the vocabulary is read once
+            args.train_shards = ShardSet.load(args.train)
         except DataError as error:
             raise ValueError(f"--train {args.train!r} is a directory, not Parquet shards "
                              f"({error})") from None

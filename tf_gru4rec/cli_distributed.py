@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -18,11 +19,6 @@ logger = logging.getLogger("tf_gru4rec")
 FIT_ONLY_OPTIONS = (("backup_every", "--backup-every"), ("valid", "--valid"),
                     ("early_stopping", "--early-stopping"), ("tensorboard", "--tensorboard"),
                     ("warm_start", "--warm-start"))
-
-
-def is_shard_dir(path: str) -> bool:
-    """A directory written by `prepare log --shards` (or its train/ subdirectory)."""
-    return os.path.isdir(path)
 
 
 def check_options(args, config, cluster) -> None:
@@ -56,10 +52,8 @@ def train_distributed(args, config, cluster) -> int:
     from tf_gru4rec.distributed import DistributedTrainer
     from tf_gru4rec.distributed_input import TrainingSource
 
-    if is_shard_dir(args.train):
-        from tf_gru4rec.data.shards import ShardSet
-
-        shards = ShardSet.load(args.train)
+    shards = getattr(args, "train_shards", None)  # loaded by the path checks
+    if shards is not None:
         source, vocabulary = TrainingSource(shards=shards), shards.vocabulary
     else:
         from tf_gru4rec.cli import _check_trainable
@@ -80,15 +74,13 @@ def train_distributed(args, config, cluster) -> int:
             with open(log_json, "a") as f:
                 f.write(json.dumps({"epoch": epoch + 1, **logs}) + "\n")
 
-    import time
-
     backup = None
     if args.backup_dir:
         from tf_gru4rec.resume import TrainingBackup
-        from tf_gru4rec.training import _fingerprint
+        from tf_gru4rec.training import run_fingerprint
 
         # Epoch ends only; every worker restores the chief's backup (shared storage).
-        backup = TrainingBackup(args.backup_dir, None, _fingerprint(config, source),
+        backup = TrainingBackup(args.backup_dir, None, run_fingerprint(config, source),
                                 with_metrics=False)
     start = time.perf_counter()
     history = trainer.fit(epoch_end, backup=backup, write_backups=is_chief)

@@ -90,6 +90,7 @@ class DistributedTrainer:
             if hasattr(optimizer, "static_shapes"):
                 optimizer.static_shapes = False  # no XLA here: `tf.unique` row sums
             optimizer.build(self.model.trainable_variables)
+        self._stream_cache: dict[tuple[int, ...], list[ReplicaStream]] = {}
         self._run_block = tf.function(self._block_on_replicas)
         # One step's forward and backward pass as one XLA program (no collective inside).
         self._forward_backward = tf.function(self.model.forward_backward,
@@ -138,8 +139,7 @@ class DistributedTrainer:
         def dataset_fn(context: tf.distribute.InputContext):
             local = self.n_replicas // context.num_input_pipelines
             replicas = [context.input_pipeline_id * local + i for i in range(local)]
-            streams = replica_streams(self.source, self.config, replicas, self.n_replicas)
-            datasets = [stream.dataset(epoch) for stream in streams]
+            datasets = [stream.dataset(epoch) for stream in self._streams(tuple(replicas))]
             if len(datasets) == 1:
                 return datasets[0]
             # The local replicas take the elements in turn.
@@ -148,6 +148,13 @@ class DistributedTrainer:
 
         options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
         return self.strategy.distribute_datasets_from_function(dataset_fn, options)
+
+    def _streams(self, replicas: tuple[int, ...]) -> list[ReplicaStream]:
+        """The streams of these replicas, built once (each holds its negatives' alias table)."""
+        if replicas not in self._stream_cache:
+            self._stream_cache[replicas] = replica_streams(self.source, self.config,
+                                                           list(replicas), self.n_replicas)
+        return self._stream_cache[replicas]
 
     def run_epoch(self, epoch: int) -> tuple[float, int, int]:
         """Trains one epoch; returns (mean loss over the events, steps run, events trained on

@@ -33,35 +33,28 @@ REPLICA_SEED_STRIDE = 1_000_003
 
 
 class TrainingSource:
-    """The training sessions, in memory (`SessionLog`) or as Parquet shards (`ShardSet`)."""
+    """The training sessions, in memory (`SessionLog`) or as Parquet shards (`ShardSet`).
+
+    `n_items`, `n_events`, `n_sessions` and `n_predictions` are those of the whole log (both
+    kinds have them); `item_support` [n_items] int64 is counted once, over the whole log.
+    """
 
     def __init__(self, log: SessionLog | None = None, shards=None):
         if (log is None) == (shards is None):
             raise ValueError("give exactly one of `log` and `shards`")
         self.log = log
         self.shards = shards
-
-    @property
-    def n_items(self) -> int:
-        return self.log.n_items if self.log is not None else self.shards.n_items
-
-    @property
-    def n_predictions(self) -> int:
-        return self.log.n_predictions if self.log is not None else self.shards.n_predictions
-
-    @property
-    def n_events(self) -> int:
-        return self.log.n_events if self.log is not None else self.shards.n_events
-
-    @property
-    def n_sessions(self) -> int:
-        return self.log.n_sessions if self.log is not None else self.shards.n_sessions
+        whole = log if log is not None else shards
+        self.n_items, self.n_events = whole.n_items, whole.n_events
+        self.n_sessions, self.n_predictions = whole.n_sessions, whole.n_predictions
+        self._support = None
 
     def item_support(self) -> np.ndarray:
         """int64 [n_items] training events per item (the whole log, every replica alike)."""
-        if self.log is not None:
-            return self.log.item_support()
-        return np.asarray(self.shards.item_support, dtype=np.int64)
+        if self._support is None:
+            self._support = np.asarray(self.log.item_support() if self.log is not None
+                                       else self.shards.item_support, dtype=np.int64)
+        return self._support
 
     def parts(self, replica: int, n_replicas: int) -> list[Callable[[], SessionLog]]:
         """Loaders of the parts replica `replica` of `n_replicas` trains on, in order."""

@@ -101,7 +101,7 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
     callbacks = [source.callback(), *callbacks]
     backup, epoch, step = None, 0, 0
     if backup_dir:
-        backup = TrainingBackup(backup_dir, source, _fingerprint(config, log), backup_every)
+        backup = TrainingBackup(backup_dir, source, run_fingerprint(config, log), backup_every)
         point = backup.restore(model)
         if point is not None:
             epoch, step = point.epoch, point.step
@@ -136,8 +136,9 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
                        backup.resumes if backup else 0)
 
 
-def _fingerprint(config: TrainConfig, log: SessionLog) -> dict:
-    """What a backup must match to be resumed: the training settings and the data's shape."""
+def run_fingerprint(config: TrainConfig, log) -> dict:
+    """What a backup must match to be resumed: the training settings and the data's shape
+    (`log`: a SessionLog, or anything with its n_events, n_sessions and n_items)."""
     settings = {k: v for k, v in config.to_dict().items()
                 if k not in ("n_epochs", "cutoffs", "tie_mode", "eval_batch_size")}
     return {**settings, "n_events": log.n_events, "n_sessions": log.n_sessions,
