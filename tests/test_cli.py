@@ -40,6 +40,17 @@ def test_train_writes_model_and_metrics_and_evaluate_agrees(files, tmp_path, cap
     assert again["mrr@20"] == pytest.approx(metrics["mrr@20"])
 
 
+@pytest.mark.parametrize("cell", ["reset-before", "reset-after"])
+def test_gru_cell_is_set_from_the_command_line_and_kept_by_the_saved_model(files, tmp_path,
+                                                                         cell):
+    from tf_gru4rec.training import load_model_dir
+
+    model_dir = tmp_path / "model"
+    assert main(["-v", "WARNING", "train", "--train", str(files / "train.tsv"), "--out",
+                 str(model_dir), "--preset", "quick", *TINY, "--set", f"gru_cell={cell}"]) == 0
+    assert load_model_dir(str(model_dir)).model.gru.cell == cell
+
+
 def test_bad_parameter_and_missing_file_give_clear_errors(files, tmp_path, capsys):
     # More cases in test_cli_errors.py.
     assert main(["train", "--train", str(files / "train.tsv"), "--out", str(tmp_path / "m"),

@@ -64,10 +64,12 @@ def test_train_gives_the_model_the_logq_weight_and_the_item_support(tiny_log):
 def test_train_builds_the_configured_model(tiny_log):
     config = TINY.replace(layers=[6, 5], batch_size=3, loss="bpr-max", bpreg=0.3,
                           elu_param=0.2, final_act="tanh", dropout_p_embed=0.1,
-                          dropout_p_hidden=0.2, constrained_embedding=False, embedding=7)
+                          dropout_p_hidden=0.2, constrained_embedding=False, embedding=7,
+                          gru_cell="reset-before")
     model = train(config, tiny_log, verbose=0).model
     got = model.get_config()
-    for name in ("layers", "batch_size", "loss", "bpreg", "elu_param", "final_act",
+    assert model.gru.cell == "reset-before" and not model.gru.reset_after(1)
+    for name in ("layers", "batch_size", "loss", "bpreg", "elu_param", "final_act", "gru_cell",
                  "dropout_p_embed", "dropout_p_hidden", "constrained_embedding", "embedding",
                  "seed", "logq", "sample_alpha"):
         assert got[name] == getattr(config, name), name
@@ -145,8 +147,21 @@ def test_momentum_changes_the_second_update(tiny_log):
     for momentum in (0.0, 0.9):
         config = TINY.replace(momentum=momentum, n_sample=0)
         model = train(config, tiny_log, verbose=0).model
-        weights.append(model.gru.recurrent_candidates[0].numpy())
+        weights.append(model.gru.recurrent_kernels[0].numpy())
     assert not np.allclose(*weights, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["reset-after", "reset-before"])
+def test_gru_cell_reaches_every_layer_and_the_default_is_the_port_form(cell):
+    assert TrainConfig().gru_cell == "reset-after"
+    for mode in ({"constrained_embedding": True},
+                 {"constrained_embedding": False, "embedding": 5},
+                 {"constrained_embedding": False, "embedding": 0}):
+        model = build_model(TINY.replace(layers=[6, 5], gru_cell=cell, **mode), 20)
+        one_hot = model.embedding_mode == "one-hot"
+        assert model.gru.cell == cell
+        assert model.gru.reset_after(0) == (cell == "reset-after" and not one_hot)
+        assert model.gru.reset_after(1) == (cell == "reset-after")
 
 
 def test_the_seed_decides_the_initial_weights():

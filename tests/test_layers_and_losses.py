@@ -13,7 +13,7 @@ def sigmoid(x):
 
 
 def numpy_gru_step(x_proj, h, u_rz, u_c):
-    """SPEC.md's equations; x_proj = x W + b holds the [r | z | candidate] input parts."""
+    """Reset-before (the 2016 paper); x_proj = x W + b holds the [r | z | candidate] parts."""
     n = h.shape[1]
     r = sigmoid(x_proj[:, :n] + h @ u_rz[:, :n])
     z = sigmoid(x_proj[:, n:2 * n] + h @ u_rz[:, n:])
@@ -21,11 +21,35 @@ def numpy_gru_step(x_proj, h, u_rz, u_c):
     return (1 - z) * h + z * c
 
 
-def test_gru_stack_matches_numpy_over_several_steps(rng):
-    stack = GRUStack([4, 3], seed=1)
-    stack.build((None, 5))
-    for w in stack.biases:
+def numpy_gru_cell_step(x_proj, h, u, b_h):
+    """torch.nn.GRUCell (reset-after): x_proj = x W_ih + b_ih, u = W_hh^T, b_h = b_hh."""
+    n = h.shape[1]
+    hidden = h @ u + b_h
+    r = sigmoid(x_proj[:, :n] + hidden[:, :n])
+    z = sigmoid(x_proj[:, n:2 * n] + hidden[:, n:2 * n])
+    c = np.tanh(x_proj[:, 2 * n:] + r * hidden[:, 2 * n:])
+    return (1 - z) * c + z * h
+
+
+def numpy_layer_step(stack, i, x_proj, h):
+    """Layer i of `stack` in NumPy, in the form the stack gives it."""
+    w = {k: v.numpy() for k, v in stack.layer_weights(i).items()}
+    if stack.reset_after(i):
+        return numpy_gru_cell_step(x_proj, h, w["U"], w["b_h"])
+    return numpy_gru_step(x_proj, h, w["U_rz"], w["U_c"])
+
+
+def randomise_biases(stack, rng):
+    for w in stack.biases + stack.recurrent_biases:
         w.assign(rng.normal(size=w.shape))  # non-zero biases are part of the check
+
+
+@pytest.mark.parametrize("cell", ["reset-after", "reset-before"])
+def test_gru_stack_matches_numpy_over_several_steps(rng, cell):
+    stack = GRUStack([4, 3], cell=cell, seed=1)
+    stack.build((None, 5))
+    assert [stack.reset_after(i) for i in range(2)] == [cell == "reset-after"] * 2
+    randomise_biases(stack, rng)
     xs = rng.normal(size=(6, 2, 5)).astype("float32")
     states = [np.zeros((2, 4), "float32"), np.zeros((2, 3), "float32")]
     ref = [s.copy() for s in states]
@@ -34,24 +58,51 @@ def test_gru_stack_matches_numpy_over_several_steps(rng):
         inp = x
         for i in range(2):
             proj = inp @ stack.input_kernels[i].numpy() + stack.biases[i].numpy()
-            ref[i] = numpy_gru_step(proj, ref[i], stack.recurrent_gates[i].numpy(),
-                                    stack.recurrent_candidates[i].numpy())
+            ref[i] = numpy_layer_step(stack, i, proj, ref[i])
             inp = ref[i]
         np.testing.assert_allclose(out, ref[1], atol=1e-5)
         np.testing.assert_allclose(states[0], ref[0], atol=1e-5)
 
 
-def test_one_hot_input_equals_one_hot_times_matrix(rng):
-    stack = GRUStack([3], one_hot_items=7, seed=2)
+def test_the_two_forms_differ_and_the_candidate_bias_acts(rng):
+    """Same weights, other form: other outputs; and b_hn (inside r * (.)) reaches the output."""
+    x = rng.normal(size=(2, 5)).astype("float32")
+    h = rng.uniform(-0.9, 0.9, size=(2, 4)).astype("float32")
+    after = GRUStack([4], cell="reset-after", seed=1)
+    after.build((None, 5))
+    before = GRUStack([4], cell="reset-before", seed=1)
+    before.build((None, 5))
+    u = after.recurrent_kernels[0].numpy()
+    before.input_kernels[0].assign(after.input_kernels[0].numpy())
+    before.recurrent_gates[0].assign(u[:, :8])
+    before.recurrent_candidates[0].assign(u[:, 8:])
+    out_after, _ = after(x, [h])
+    out_before, _ = before(x, [h])
+    assert np.abs(np.asarray(out_after) - np.asarray(out_before)).max() > 1e-3
+    b_h = np.zeros(12, "float32")
+    b_h[8:] = 1.0  # only b_hn
+    after.recurrent_biases[0].assign(b_h)
+    out_bias, _ = after(x, [h])
+    assert np.abs(np.asarray(out_bias) - np.asarray(out_after)).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell", ["reset-after", "reset-before"])
+def test_one_hot_first_layer_is_reset_before_and_equals_one_hot_times_matrix(rng, cell):
+    """The port's GRUEmbedding: the one-hot first layer is reset-before in both forms; a
+    second layer takes the stack's form (torch.nn.GRUCell in the port)."""
+    stack = GRUStack([3, 2], one_hot_items=7, cell=cell, seed=2)
     stack.build((None,))
+    assert not stack.reset_after(0) and stack.reset_after(1) == (cell == "reset-after")
+    randomise_biases(stack, rng)
     ids = np.array([0, 6, 3])
-    h = rng.normal(size=(3, 3)).astype("float32")
-    out, _ = stack(ids, [h])
+    h = [rng.normal(size=(3, 3)).astype("float32"), rng.normal(size=(3, 2)).astype("float32")]
+    out, states = stack(ids, h)
     one_hot = np.eye(7, dtype="float32")[ids]
     proj = one_hot @ stack.input_kernels[0].numpy() + stack.biases[0].numpy()
-    expected = numpy_gru_step(proj, h, stack.recurrent_gates[0].numpy(),
-                              stack.recurrent_candidates[0].numpy())
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    first = numpy_layer_step(stack, 0, proj, h[0])
+    np.testing.assert_allclose(states[0], first, atol=1e-5)
+    proj = first @ stack.input_kernels[1].numpy() + stack.biases[1].numpy()
+    np.testing.assert_allclose(out, numpy_layer_step(stack, 1, proj, h[1]), atol=1e-5)
 
 
 def test_dropout_output_is_the_carried_state():
@@ -69,8 +120,17 @@ def test_initialisation_range_and_config_round_trip():
     limit = np.sqrt(6.0 / (20 + 10))  # per gate block of [20, 10]
     assert np.abs(stack.input_kernels[0].numpy()).max() <= limit
     assert np.abs(stack.input_kernels[0].numpy()).max() > 0.8 * limit
+    recurrent_limit = np.sqrt(6.0 / (10 + 10))  # per gate block of [10, 30]
+    assert np.abs(stack.recurrent_kernels[0].numpy()).max() <= recurrent_limit
     clone = GRUStack.from_config(stack.get_config())
-    assert clone.units == [10] and clone.dropout == [0.0]
+    assert clone.units == [10] and clone.dropout == [0.0] and clone.cell == "reset-after"
+    before = GRUStack.from_config(GRUStack([10], cell="reset-before").get_config())
+    assert before.cell == "reset-before"
+    # A stack saved before the option existed was reset-before.
+    legacy = {k: v for k, v in stack.get_config().items() if k != "cell"}
+    assert GRUStack.from_config(legacy).cell == "reset-before"
+    with pytest.raises(ValueError, match="`cell` should be one of"):
+        GRUStack([10], cell="reset-middle")
 
 
 def test_item_scores_sampled_and_full(rng):
@@ -90,9 +150,9 @@ def reference(name, pos, neg, mask, bpreg=0.0):
     out = []
     for p, row, m in zip(pos, neg, mask, strict=True):
         r = row[m > 0]
-        if name == "cross-entropy":
-            z = np.concatenate([[p], r])
-            out.append(-(p - np.log(np.exp(z - z.max()).sum()) - z.max()))
+        if name == "cross-entropy":  # the PyTorch port's -log(softmax_target + 1e-24)
+            z = np.concatenate([[p], r]).astype("float64")
+            out.append(-np.log(np.exp(z[0] - z.max()) / np.exp(z - z.max()).sum() + 1e-24))
         elif name == "bpr":
             out.append(-np.mean(np.log(sigmoid(p - r))))
         elif name == "top1":
@@ -129,6 +189,52 @@ def test_cross_entropy_over_columns_equals_the_masked_cross_entropy(rng):
     expected = reference("cross-entropy", np.diag(scores[:, :5]), scores, mask)
     valid_rows = column_valid[:5] > 0
     np.testing.assert_allclose(got[valid_rows], expected[valid_rows], rtol=1e-5, atol=1e-5)
+
+
+def numpy_port_cross_entropy_and_gradient(x):
+    """The PyTorch port's -log(softmax(x)[:, 0] + 1e-24) per row (target in column 0) and its
+    gradient with respect to x, by hand: dL/dx_j = p / (p + 1e-24) * (s_j - [j == 0])."""
+    x = x.astype("float64")
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    s = e / e.sum(axis=1, keepdims=True)
+    p = s[:, 0]
+    grad = (p / (p + 1e-24))[:, None] * (s - np.eye(1, x.shape[1]))
+    return -np.log(p + 1e-24), grad
+
+
+def test_cross_entropy_equals_the_port_in_value_and_gradient_for_far_targets(rng):
+    """Targets from level with the negatives to 200 below them: the loss stops near 55.26
+    (-log 1e-24) and the gradient fades, where the exact logsumexp would give 200 and a full
+    gradient."""
+    import tensorflow as tf
+
+    gaps = np.array([0.0, 5.0, 20.0, 50.0, 54.0, 56.0, 60.0, 80.0, 100.0, 200.0], "float32")
+    negatives = rng.normal(size=(len(gaps), 7)).astype("float32")
+    positive = negatives.max(axis=1) - gaps
+    positive[0] = negatives[0].max() + 1.0  # one target above the others
+    x = tf.constant(np.concatenate([positive[:, None], negatives], axis=1))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = losses.cross_entropy(x[:, 0], x[:, 1:], tf.ones_like(x[:, 1:]))
+    grad = tape.gradient(loss, x).numpy()
+    want_loss, want_grad = numpy_port_cross_entropy_and_gradient(x.numpy())
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-5)
+    assert loss.numpy().max() < 55.27 and abs(grad[-1]).max() < 1e-6
+    # The same through the sampled head's column form (the training path).
+    scores = np.zeros((len(gaps), len(gaps) + 7), "float32")
+    scores[:, len(gaps):] = negatives
+    scores[np.arange(len(gaps)), np.arange(len(gaps))] = positive
+    scores[:, :len(gaps)] += np.triu(np.full((len(gaps),) * 2, -1e4, "float32"), 1)
+    scores[:, :len(gaps)] += np.tril(np.full((len(gaps),) * 2, -1e4, "float32"), -1)
+    t = tf.constant(scores)
+    with tf.GradientTape() as tape:
+        tape.watch(t)
+        column_loss = losses.cross_entropy_over_columns(t, tf.ones(scores.shape[1]))
+    column_grad = tape.gradient(column_loss, t).numpy()
+    np.testing.assert_allclose(column_loss.numpy(), want_loss, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.diag(column_grad[:, :len(gaps)]), want_grad[:, 0], atol=1e-5)
+    np.testing.assert_allclose(column_grad[:, len(gaps):], want_grad[:, 1:], atol=1e-5)
 
 
 def test_masked_columns_do_not_matter(rng):
@@ -200,7 +306,8 @@ def test_no_two_weights_share_a_random_stream(mode):
     config = TrainConfig(layers=[32, 32], batch_size=4, seed=0, **mode)
     model = build_model(config, 200)
     matrices = {w.path: w.numpy().ravel() for w in model.trainable_weights if len(w.shape) == 2}
-    assert len(matrices) == 7 + ("embedding" in str(list(matrices)))
+    per_layer = [2 if model.gru.reset_after(i) else 3 for i in range(2)]  # W_x, U | U_rz, U_c
+    assert len(matrices) == sum(per_layer) + 1 + ("embedding" in str(list(matrices)))
     names = sorted(matrices)
     for i, a in enumerate(names):
         for b in names[i + 1:]:

@@ -29,6 +29,9 @@ class TrainConfig:
     final_act: str | None = None
     constrained_embedding: bool = True
     embedding: int = 0
+    # "reset-after": torch.nn.GRUCell, as the official PyTorch port; "reset-before": the
+    # 2016 paper's GRU. A one-hot first layer is reset-before either way (see GRUStack).
+    gru_cell: str = "reset-after"
     n_epochs: int = 10
     optimizer: str = "adagradm"  # or any Keras optimizer name, e.g. "adam"
     shuffle_sessions: bool = False

@@ -10,6 +10,7 @@ import math
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 FINAL_ACTIVATIONS = (None, "linear", "tanh", "elu")
+GRU_CELLS = ("reset-after", "reset-before")
 TIE_MODES = ("standard", "conservative", "median")
 _ADAGRADM = ("adagradm", "adagrad-momentum")
 
@@ -48,6 +49,7 @@ def _sizes(v) -> bool:
 
 CHECKS = {
     "loss": _one_of(LOSSES),
+    "gru_cell": _one_of(GRU_CELLS),
     "layers": (_sizes, "layer sizes >= 1, e.g. 100 or 100/100"),
     "batch_size": _integer(1),
     "dropout_p_embed": _number(0, 1, high_open=True),

@@ -32,11 +32,27 @@ def negative_softmax(negatives, mask):
     return e / ops.maximum(ops.sum(e, axis=1, keepdims=True), _TINY)
 
 
+def _log_softmax_target(x, target, valid):
+    """log(softmax(x)_target + 1e-24) per row, as the official PyTorch port computes it:
+    x [B, C] logits, target [B] the target's logit (one of x's entries), valid [B, C] 1.0
+    where a column takes part. A target whose probability is far below 1e-24 (or underflows
+    to 0) gives at most -log(1e-24) = 55.26 and almost no gradient, where the exact
+    logsumexp form would grow without bound."""
+    shift = ops.stop_gradient(ops.max(x, axis=1, keepdims=True))
+    total = ops.maximum(ops.sum(ops.exp(x - shift) * valid, axis=1), _TINY)
+    # A valid row's target is one of its columns, so target <= shift there; the clamp only
+    # keeps rows without a valid target column (empty slots, masked later) finite.
+    centred = target - shift[:, 0]
+    centred = ops.where(centred > 0, ops.zeros_like(centred), centred)
+    return ops.log(ops.exp(centred) / total + _TINY)
+
+
 def cross_entropy(positive, negatives, mask):
-    """L = -log softmax(r)_i over the target and its negatives
-         = logsumexp([r_i, r_j...]) - r_i."""
+    """L = -log(softmax(r)_i + 1e-24) over the target and its negatives (the port's form,
+    see `_log_softmax_target`)."""
     x = ops.concatenate([positive[:, None], _masked(negatives, mask)], axis=1)
-    return ops.logsumexp(x, axis=1) - positive
+    valid = ops.concatenate([ops.ones_like(positive)[:, None], mask], axis=1)
+    return -_log_softmax_target(x, positive, valid)
 
 
 def cross_entropy_over_columns(scores, column_valid):
@@ -44,7 +60,7 @@ def cross_entropy_over_columns(scores, column_valid):
     are the batch's targets (row i's target in column i): scores [B, C], column_valid [C]
     (1.0 for a real column) -> [B].
 
-    L_i = logsumexp_j r_ij over the valid columns - r_ii, which equals
+    L_i = -log(softmax_j(r_ij)_i + 1e-24) over the valid columns, which equals
     `cross_entropy(r_ii, r_i., mask)` with mask = column_valid off the diagonal for every
     valid row i (its own column is valid), without copying the positives into a new column.
     """
@@ -52,7 +68,7 @@ def cross_entropy_over_columns(scores, column_valid):
     positive = ops.diagonal(scores[:, :batch])
     valid = column_valid[None, :] > 0
     x = ops.where(valid, scores, ops.full_like(scores, _NEG_INF))
-    return ops.logsumexp(x, axis=1) - positive
+    return -_log_softmax_target(x, positive, ops.cast(valid, scores.dtype))
 
 
 def bpr(positive, negatives, mask):

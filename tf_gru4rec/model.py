@@ -45,6 +45,9 @@ class GRU4Rec(keras.Model):
         cross-entropy that equals the PyTorch port, which applies it to cross-entropy only).
       sample_alpha: the exponent the extra negatives were drawn with (used by logq).
       batch_size: number of session-parallel slots B in training (fixes the state shape).
+      gru_cell: "reset-after" (`torch.nn.GRUCell`, the official PyTorch port's form and the
+        default) or "reset-before" (the 2016 paper's form); a one-hot first layer is
+        reset-before either way, as in the port (see `GRUStack`).
       seed: seeds the initialisation (each weight its own stream) and dropout.
 
     Training data: dicts from `SessionParallelInput.dataset()` (inputs, targets, reset,
@@ -55,7 +58,7 @@ class GRU4Rec(keras.Model):
     def __init__(self, n_items, layers=(100,), embedding=0, constrained_embedding=True,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, loss="cross-entropy",
                  final_act=None, bpreg=0.0, elu_param=0.0, logq=0.0, sample_alpha=0.5,
-                 batch_size=32, seed=None, **kwargs):
+                 batch_size=32, gru_cell="reset-after", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.n_items = int(n_items)
         self.layer_sizes = [int(u) for u in layers]
@@ -75,6 +78,7 @@ class GRU4Rec(keras.Model):
         self.logq = float(logq)
         self.sample_alpha = float(sample_alpha)
         self.batch_size = int(batch_size)
+        self.gru_cell = gru_cell
         self.seed = seed
         one_hot = not self.constrained_embedding and self.embedding == 0
         self.embedding_mode = "constrained" if self.constrained_embedding else (
@@ -89,7 +93,8 @@ class GRU4Rec(keras.Model):
         self.embedding_dropout = HashDropout(
             self.dropout_p_embed, seed=None if seed is None else seed + 7)
         self.gru = GRUStack(self.layer_sizes, one_hot_items=self.n_items if one_hot else 0,
-                            dropout=self._layer_dropout(), seed=seed, name="gru")
+                            dropout=self._layer_dropout(), cell=gru_cell, seed=seed,
+                            name="gru")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # "full" or None: see `compile` and `_compiled_block`.
         self.step_compilation = None
@@ -287,6 +292,11 @@ class GRU4Rec(keras.Model):
             "dropout_p_embed": self.dropout_p_embed, "dropout_p_hidden": self.dropout_p_hidden,
             "loss": self.loss_name, "final_act": self.final_act, "bpreg": self.bpreg,
             "elu_param": self.elu_param, "logq": self.logq, "sample_alpha": self.sample_alpha,
-            "batch_size": self.batch_size, "seed": self.seed,
+            "batch_size": self.batch_size, "gru_cell": self.gru_cell, "seed": self.seed,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved before the cell became an option: those models were all reset-before.
+        return super().from_config({"gru_cell": "reset-before", **config})

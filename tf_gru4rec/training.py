@@ -49,7 +49,7 @@ def build_model(config: TrainConfig, n_items: int, item_support=None) -> GRU4Rec
         dropout_p_embed=config.dropout_p_embed, dropout_p_hidden=config.dropout_p_hidden,
         loss=config.loss, final_act=config.final_act, bpreg=config.bpreg,
         elu_param=config.elu_param, logq=config.logq, sample_alpha=config.sample_alpha,
-        batch_size=config.batch_size, seed=config.seed)
+        batch_size=config.batch_size, gru_cell=config.gru_cell, seed=config.seed)
     model.build()
     if item_support is not None:
         model.set_item_support(item_support)

@@ -1,6 +1,8 @@
-"""Plants each wiring bug of issue 12 in a copy of the tracked files and runs default tests.
+"""Plants each wiring bug of issues 12 and 19 in a copy of the tracked files and runs default
+tests.
 
-    python tools/plant_bugs.py            # ~5 min on 2 cores; prints the failing tests per bug
+    python tools/plant_bugs.py            # ~6 min on 2 cores; prints the failing tests per bug
+    python tools/plant_bugs.py cell loss  # only the bugs whose name contains a given word
 
 Each bug must fail at least one default (non-slow) test. The copy lives in a temporary
 directory; the working tree is never modified.
@@ -15,7 +17,8 @@ import sys
 import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_sampled_loss.py", "tests/test_config_wiring.py", "tests/test_warm_start.py"]
+TESTS = ["tests/test_sampled_loss.py", "tests/test_config_wiring.py", "tests/test_warm_start.py",
+         "tests/test_port_step.py", "tests/test_layers_and_losses.py"]
 # name: (file, original text, planted text)
 PLANTS = {
     "bpreg not passed to bpr-max": (
@@ -40,6 +43,21 @@ PLANTS = {
     "warm start drops old weights (CLI)": (
         "tf_gru4rec/cli.py", "model = grow_model(previous.model, previous.vocabulary, vocabulary)",
         "model = None"),
+    # Issue 19: the PyTorch port's cell and cross-entropy.
+    "cell: reset gate before the recurrent product everywhere": (
+        "tf_gru4rec/layers/gru_stack.py",
+        'return self.cell == "reset-after" and not (i == 0 and self.one_hot_items)',
+        "return False"),
+    "cell: candidate bias b_hn dropped": (
+        "tf_gru4rec/layers/gru_stack.py",
+        "hidden = ops.matmul(state, recurrent) + recurrent_bias  # (B, 3h)",
+        "hidden = ops.matmul(state, recurrent) + ops.concatenate(\n"
+        "        [recurrent_bias[: 2 * h], 0.0 * recurrent_bias[2 * h :]])"),
+    "cell: gru_cell not passed from the config": (
+        "tf_gru4rec/training.py", "gru_cell=config.gru_cell,", ""),
+    "loss: exact logsumexp instead of the port's softmax + 1e-24": (
+        "tf_gru4rec/losses.py", "return ops.log(ops.exp(centred) / total + _TINY)",
+        "return centred - ops.log(total)"),
 }
 
 
@@ -55,6 +73,8 @@ def main() -> int:
             target.write_bytes((REPO / name).read_bytes())
         env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
         for bug, (path, original, planted) in PLANTS.items():
+            if sys.argv[1:] and not any(word in bug for word in sys.argv[1:]):
+                continue
             source = root / path
             text = source.read_text()
             if text.count(original) != 1:
@@ -63,8 +83,10 @@ def main() -> int:
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                   *TESTS], cwd=root, env=env, capture_output=True, text=True)
             source.write_text(text)
+            if run.returncode not in (0, 1):  # not "tests ran": a broken copy or collection
+                raise SystemExit(f"{bug}: pytest exited {run.returncode}\n{run.stdout[-3000:]}")
             failed = sorted({line.split()[1].split("[")[0] for line in run.stdout.splitlines()
-                             if line.startswith("FAILED")})
+                             if line.startswith(("FAILED", "ERROR"))})
             sys.stdout.write(f"{bug}: {len(failed)} failing test function(s)\n")
             sys.stdout.writelines(f"    {test}\n" for test in failed)
             if not failed:

@@ -38,19 +38,32 @@ class BlockGlorotUniform(keras.initializers.Initializer):
         return {"blocks": self.blocks, "seed": self.seed}
 
 
+CELL_FORMS = ("reset-after", "reset-before")
+
+
 @keras.saving.register_keras_serializable("tf_gru4rec")
 class GRUStack(keras.layers.Layer):
-    """GRU layers as in the paper, with biases:
+    """GRU layers with explicit state in and out, in one of two forms.
+
+    "reset-after" (`torch.nn.GRUCell`, the form of the official PyTorch port, and of Keras'
+    GRU with `reset_after=True`): an input bias b and a recurrent bias b_h per layer,
+
+        r = sigmoid(x W_r + b_r + h U_r + b_hr)
+        z = sigmoid(x W_z + b_z + h U_z + b_hz)
+        n = tanh(x W_n + b_n + r * (h U_n + b_hn))
+        h' = z * h + (1 - z) * n
+
+    "reset-before" (the 2016 paper and the Theano code): one bias per layer,
 
         r = sigmoid(x W_r + h U_r + b_r)
         z = sigmoid(x W_z + h U_z + b_z)
         c = tanh(x W_c + (r * h) U_c + b_c)
         h' = (1 - z) * h + z * c
 
-    The reset gate multiplies the state before the matrix product (Keras' `GRUCell` with
-    `reset_after=True` applies it after, a different model). Dropout `dropout` acts on each
-    layer's output in training, and the dropped output is also the state carried to the next
-    step, as in the original implementation.
+    A one-hot first layer (`one_hot_items > 0`) always takes the reset-before form, as the
+    port's `GRUEmbedding` does; `cell` sets the form of every other layer. Dropout `dropout`
+    acts on each layer's output in training, and the dropped output is also the state carried
+    to the next step, as in the original implementation.
 
     Args:
       units: hidden size of each layer, e.g. `[100]`.
@@ -59,13 +72,15 @@ class GRUStack(keras.layers.Layer):
         one-hot input times a dense matrix without building the one-hot vector.
       dropout: dropout rate on layer outputs during training: one rate for every layer, or a
         list of one rate per layer.
+      cell: "reset-after" or "reset-before" (see above).
       seed: seed of the initialisers and of dropout.
 
     Call: `outputs, states = stack(x, states, training)` with x [B, D] (or int [B] item
     indices in one-hot mode) and states a list of [B, units[l]]; outputs [B, units[-1]].
     """
 
-    def __init__(self, units, one_hot_items: int = 0, dropout: float = 0.0, seed=None, **kwargs):
+    def __init__(self, units, one_hot_items: int = 0, dropout: float = 0.0,
+                 cell: str = "reset-after", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.units = [int(u) for u in units]
         if not self.units or min(self.units) < 1:
@@ -76,29 +91,62 @@ class GRUStack(keras.layers.Layer):
         if len(rates) != len(self.units) or not all(0.0 <= p < 1.0 for p in rates):
             raise ValueError("`dropout` should be a rate in [0, 1) or one such rate per layer "
                              f"({len(self.units)}). Received: {dropout}")
+        if cell not in CELL_FORMS:
+            raise ValueError(f"`cell` should be one of {CELL_FORMS}. Received: {cell!r}")
         self.one_hot_items = int(one_hot_items)
         self.dropout = rates
+        self.cell = cell
         self.seed = seed
         self._dropout_layers = [
             HashDropout(p, seed=None if seed is None else seed + i) for i, p in enumerate(rates)
         ]
 
+    @classmethod
+    def from_config(cls, config):
+        # Saved before the cell became an option: those stacks were all reset-before.
+        config = {"cell": "reset-before", **config}
+        return super().from_config(config)
+
+    def reset_after(self, i: int) -> bool:
+        """Whether layer i applies the reset gate after its recurrent product."""
+        return self.cell == "reset-after" and not (i == 0 and self.one_hot_items)
+
     def build(self, input_shape):
-        self.input_kernels, self.recurrent_gates, self.recurrent_candidates, self.biases = (
-            [], [], [], [])
+        # Per layer: W_x [in, 3h] and b [3h]; reset-after: U [h, 3h] and b_h [3h];
+        # reset-before: U_rz [h, 2h] and U_c [h, h] (None where a form has no such weight).
+        self.input_kernels, self.biases = [], []
+        self.recurrent_kernels, self.recurrent_biases = [], []
+        self.recurrent_gates, self.recurrent_candidates = [], []
         in_dim = None if self.one_hot_items else int(input_shape[-1])
         for i, h in enumerate(self.units):
             rows = self.one_hot_items if (i == 0 and self.one_hot_items) else in_dim
             self.input_kernels.append(self._weight((rows, 3 * h), 3, f"W_x{i}"))
-            self.recurrent_gates.append(self._weight((h, 2 * h), 2, f"U_rz{i}"))
-            self.recurrent_candidates.append(self._weight((h, h), 1, f"U_c{i}"))
+            if self.reset_after(i):
+                self.recurrent_kernels.append(self._weight((h, 3 * h), 3, f"U{i}"))
+            else:
+                self.recurrent_gates.append(self._weight((h, 2 * h), 2, f"U_rz{i}"))
+                self.recurrent_candidates.append(self._weight((h, h), 1, f"U_c{i}"))
             self.biases.append(self.add_weight(shape=(3 * h,), initializer="zeros", name=f"b{i}"))
+            if self.reset_after(i):
+                self.recurrent_biases.append(
+                    self.add_weight(shape=(3 * h,), initializer="zeros", name=f"b_h{i}"))
             in_dim = h
 
     def _weight(self, shape, blocks, name):
         """A Glorot-uniform weight with its own random stream (see `weight_seed`)."""
         initializer = BlockGlorotUniform(blocks, weight_seed(self.seed, f"gru/{name}"))
         return self.add_weight(shape=shape, initializer=initializer, name=name)
+
+    def layer_weights(self, i: int) -> dict:
+        """Layer i's weights by role: {"W_x", "b"} plus {"U", "b_h"} (reset-after) or
+        {"U_rz", "U_c"} (reset-before)."""
+        weights = {"W_x": self.input_kernels[i], "b": self.biases[i]}
+        k = sum(self.reset_after(j) for j in range(i))  # index among reset-after layers
+        if self.reset_after(i):
+            weights.update(U=self.recurrent_kernels[k], b_h=self.recurrent_biases[k])
+        else:
+            weights.update(U_rz=self.recurrent_gates[i - k], U_c=self.recurrent_candidates[i - k])
+        return weights
 
     def initial_states(self, batch_size: int):
         """Zero states: a list of [batch_size, units[l]]."""
@@ -107,24 +155,38 @@ class GRUStack(keras.layers.Layer):
     def call(self, x, states, training=False):
         new_states = []
         for i, h in enumerate(self.units):
+            weights = self.layer_weights(i)
             if i == 0 and self.one_hot_items:
-                projected = ops.take(self.input_kernels[0], x, axis=0) + self.biases[0]
+                projected = ops.take(weights["W_x"], x, axis=0) + weights["b"]
             else:
-                projected = ops.matmul(x, self.input_kernels[i]) + self.biases[i]
-            x = self._cell(projected, states[i], i, h)
+                projected = ops.matmul(x, weights["W_x"]) + weights["b"]
+            if self.reset_after(i):
+                x = _reset_after_step(projected, states[i], weights["U"], weights["b_h"], h)
+            else:
+                x = _reset_before_step(projected, states[i], weights["U_rz"], weights["U_c"], h)
             x = self._dropout_layers[i](x, training=training)
             new_states.append(x)
         return x, new_states
 
-    def _cell(self, projected, state, i, h):
-        x_rz, x_c = projected[:, : 2 * h], projected[:, 2 * h :]
-        rz = ops.sigmoid(x_rz + ops.matmul(state, self.recurrent_gates[i]))
-        r, z = rz[:, :h], rz[:, h:]
-        candidate = ops.tanh(x_c + ops.matmul(r * state, self.recurrent_candidates[i]))
-        return (1.0 - z) * state + z * candidate
-
     def get_config(self):
         config = super().get_config()
         config.update({"units": self.units, "one_hot_items": self.one_hot_items,
-                       "dropout": self.dropout, "seed": self.seed})
+                       "dropout": self.dropout, "cell": self.cell, "seed": self.seed})
         return config
+
+
+def _reset_after_step(projected, state, recurrent, recurrent_bias, h):
+    """torch.nn.GRUCell: projected = x W + b [B, 3h] ([r | z | n]), state [B, h]."""
+    hidden = ops.matmul(state, recurrent) + recurrent_bias  # (B, 3h)
+    rz = ops.sigmoid(projected[:, : 2 * h] + hidden[:, : 2 * h])
+    r, z = rz[:, :h], rz[:, h:]
+    candidate = ops.tanh(projected[:, 2 * h :] + r * hidden[:, 2 * h :])
+    return z * state + (1.0 - z) * candidate
+
+
+def _reset_before_step(projected, state, recurrent_gates, recurrent_candidates, h):
+    """The paper's GRU: projected = x W + b [B, 3h] ([r | z | c]), state [B, h]."""
+    rz = ops.sigmoid(projected[:, : 2 * h] + ops.matmul(state, recurrent_gates))
+    r, z = rz[:, :h], rz[:, h:]
+    candidate = ops.tanh(projected[:, 2 * h :] + ops.matmul(r * state, recurrent_candidates))
+    return (1.0 - z) * state + z * candidate
