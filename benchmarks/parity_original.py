@@ -37,10 +37,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, args.original)
+    import evaluation
     import pandas as pd
     import torch
-
-    import evaluation
     from gru4rec_pytorch import GRU4Rec
 
     torch.manual_seed(args.seed)

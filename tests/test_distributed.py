@@ -231,7 +231,7 @@ def test_custom_loop_on_one_shard_trains_as_fit_on_its_log(small_logs, tmp_path)
 
     shards = ShardSet.load(_shards(small_logs[0], tmp_path / "sh", 10**9))
     assert len(shards) == 1
-    config = _config(loss="cross-entropy")
+    config = _config(loss="cross-entropy", gru_cell="reset-before")  # the other cell form
     trainer = DistributedTrainer(config, TrainingSource(shards=shards),
                                  tf.distribute.MirroredStrategy(["/cpu:0"]))
     trainer.fit()

@@ -1,7 +1,7 @@
 """Every signature of a fresh export, loaded the way TensorFlow Serving loads it (the
 session-based loader, and `saved_model_cli run`), gives the Keras model's values: for each
-embedding mode, with dropout in training, one and two GRU layers, with and without
-exclude_seen."""
+embedding mode, both GRU cell forms, with dropout in training, one and two GRU layers, with
+and without exclude_seen."""
 
 import os
 import subprocess
@@ -26,9 +26,11 @@ VARIANTS = {
     # name: (TrainConfig overrides, exclude_seen)
     "one-hot-2-layers": (dict(layers=[9, 7], constrained_embedding=False, embedding=0,
                               dropout_p_hidden=0.5), False),
-    "separate-embedding-exclude-seen": (dict(layers=[8], constrained_embedding=False,
-                                             embedding=5, dropout_p_embed=0.3,
-                                             dropout_p_hidden=0.2), True),
+    # The paper's reset-before cell; the other variants take the port's GRUCell (one-hot:
+    # a reset-before first layer, then a GRUCell).
+    "separate-embedding-reset-before-exclude-seen": (
+        dict(layers=[8], constrained_embedding=False, embedding=5, dropout_p_embed=0.3,
+             dropout_p_hidden=0.2, gru_cell="reset-before"), True),
     "constrained-2-layers-exclude-seen": (dict(layers=[6, 8], constrained_embedding=True,
                                                dropout_p_embed=0.25, dropout_p_hidden=0.4), True),
 }

@@ -13,14 +13,15 @@ CONFIG = TrainConfig(layers=[8], batch_size=4, n_sample=5, n_epochs=1, seed=2)
 
 
 @pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False},
-                                  {"constrained_embedding": False, "embedding": 6}])
+                                  {"constrained_embedding": False, "embedding": 6},
+                                  {"gru_cell": "reset-before", "layers": [8, 5]}])
 def test_grown_model_scores_old_items_as_before(mode, rng):
     old_vocab = ItemVocabulary([10, 20, 30, 40])
     model = build_model(CONFIG.replace(**mode), 4, np.array([3, 1, 4, 1]))
     model.item_scores.item_bias.assign(rng.normal(size=4).astype("float32"))
     new_vocab = old_vocab.extend([50, 20, 60])
     grown = grow_model(model, old_vocab, new_vocab)
-    assert grown.n_items == 6
+    assert grown.n_items == 6 and grown.gru.cell == model.gru.cell
     ids = np.array([0, 3, 1], "int32")
     np.testing.assert_allclose(grown(ids).numpy()[:, :4], model(ids).numpy(), atol=1e-6)
     np.testing.assert_array_equal(grown.item_scores.item_bias.numpy()[4:], 0.0)
