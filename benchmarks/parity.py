@@ -3,6 +3,7 @@
     python benchmarks/parity.py --original /work/official \
         --original-python /work/official-venv/bin/python \
         --datasets trivago rsc15 --seeds 0 1 2 --out benchmarks/results/parity.json
+    python benchmarks/parity.py --summarise benchmarks/results/parity_*.json   # one table
 
 For every dataset, preset, epoch count and seed it runs tf-gru4rec (the `tf-gru4rec train`
 command, as a user runs it) and the port (`parity_original.py` in the port's venv) on the same
@@ -183,8 +184,20 @@ def main() -> None:
                         help="an extra parameter for both systems")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "tf_gru4rec_parity"),
                         help="prepared files are kept here between runs")
-    parser.add_argument("--out", required=True, help="JSON results (a .md table beside it)")
+    parser.add_argument("--out", help="JSON results (a .md table beside it)")
+    parser.add_argument("--summarise", nargs="+", metavar="JSON",
+                        help="only print the table of earlier results files, together")
     args = parser.parse_args()
+    if args.summarise:
+        records = []
+        for path in args.summarise:
+            with open(path) as f:
+                records += json.load(f)["records"]
+        records.sort(key=lambda r: (r["dataset"], r["preset"], r["epochs"], r["system"]))
+        print(summarise(records))
+        return
+    if not args.out:
+        parser.error("--out is required (or --summarise)")
     extra = dict(item.split("=", 1) for item in args.set)
 
     records = []
