@@ -5,6 +5,8 @@ checks of shapes, states, session ids and click positions, which the C API does 
 
 import json
 import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -308,3 +310,23 @@ def test_chunked_scoring_equals_scoring_in_one_piece(exported, model, tmp_path):
         for signature in ("serving_default", "rank", "step", "recommend", "click"):
             inputs = example_inputs(capi, signature, 11, f"chunks-{signature}", seed=9)
             assert_same(capi.run(signature, inputs), one_piece.run(signature, inputs), signature)
+
+
+@pytest.mark.slow
+def test_the_worst_request_stays_within_the_stated_memory_bound(tmp_path):
+    """`benchmarks/serving_work_bound.py` on 20k items at the default row cap (2,500 rows):
+    the worst `rank` and `step` requests (the largest score matrices) stay within the export's
+    `request_memory_bytes`. Sessions are capped at one item so that the bound is mostly the
+    scoring memory (scored in one piece, these requests need about 1 GB)."""
+    out = tmp_path / "bound.json"
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "serving_work_bound.py")
+    subprocess.run([sys.executable, script, "--items", "20000", "--units", "32",
+                    "--max-session-length", "1", "--signatures", "rank", "step", "--rates",
+                    "--out", str(out)], check=True, timeout=1200, capture_output=True)
+    with open(out) as f:
+        report = json.load(f)
+    assert report["limits"]["max_request_rows"] == 2500
+    for result in report["worst"]:
+        assert result["rows"] == 2500
+        assert result["peak_rss_growth_mb"] * 2**20 <= report["request_memory_bytes"], result

@@ -6,7 +6,9 @@ vocabulary is inside the graph (two static hash tables initialised from the asse
 `assets/items.txt`, one id per line in index order). B is the number of rows of a request, K the
 export's `k`, S = sum(layers) the flattened GRU state, H = layers[-1], T a session length.
 
-Signatures (all inputs and outputs have the rows as their first dimension):
+Signatures (every signature has an input, and all inputs and outputs have the rows as their
+first dimension, as TF Serving's `--enable_batching` needs: it refuses a run without inputs,
+concatenates requests along dimension 0 and splits every output along it):
 
   serving_default  stateful single step; the server keeps each session's GRU state.
       in:  session_id string [B], item_id string [B]
@@ -15,13 +17,14 @@ Signatures (all inputs and outputs have the rows as their first dimension):
                    so that a retried request does not click twice: a row is applied unless
                    the server already has a later position for that session (a retry of the
                    last click gets the same answer again, from the state it already has).
-      in:  session_id string [B], item_id string [B], position int64 [B]
+      in:  session_id string [B], item_id string [B], position int64 [B] (0 to
+           MAX_CLICK_POSITION)
       out: item_ids, scores, known as serving_default; applied bool [B]
   end_session      forget sessions.
       in:  session_id string [B]
       out: ended bool [B] (the session had state)
   step             stateless single step; the client keeps the state (start from zeros).
-      in:  item_id string [B], state float32 [B, S] (finite)
+      in:  item_id string [B], state float32 [B, S] (within [-1, 1], as a GRU state)
            (+ seen_item_ids string [B, T], "" padded, when exported with exclude_seen)
       out: item_ids string [B, K], scores float32 [B, K], known bool [B], state float32 [B, S]
   recommend        the whole session so far; no state anywhere.
@@ -36,10 +39,10 @@ Signatures (all inputs and outputs have the rows as their first dimension):
            known bool [B]
   lookup           which item ids the model knows.
       in:  item_id string [B]
-      out: known bool []
+      out: known bool [B]
   session_count    sessions held by the stateful signatures (for monitoring).
-      in:  nothing
-      out: count int64 []
+      in:  probe int32 [B] (values ignored; send one row)
+      out: count int64 [B] (the count, in every row)
 
 Semantics shared by the three scoring paths (so they give identical recommendations):
   - an unknown item does not advance the state; the recommendation comes from the state so far;
@@ -55,8 +58,14 @@ float32 (exact), bfloat16 or int8 (per-row scale) copy for scoring (BENCHMARKS.m
 both their speed and their accuracy).
 
 Limits (`ServingLimits`) are checked inside the graph, so TensorFlow Serving enforces them too:
-a request over a limit, inputs whose row counts differ, or a non-finite `state` is refused with
-INVALID_ARGUMENT and a message naming the inputs and the limit, before any state changes.
+an input whose rank or fixed dimensions differ from its signature's (TF Serving's C++ session
+feeds tensors unchecked), a request over a limit, inputs whose row counts differ, an empty
+session id, a `state` outside [-1, 1] (or not finite) or a click position out of range is
+refused with INVALID_ARGUMENT and a message naming the input and the limit or expected shape,
+before any state changes. The default row cap follows the catalogue (`request_work` item rows x
+request rows), and requests are scored `chunk_rows` rows at a time, one chunk after another,
+so that the score matrices of a request stay within `scoring_memory_bytes` whatever its rows
+(`request_memory_bound` states what one request may add to the server's memory).
 
 Session state (serving_default, click, end_session, rank) lives in `MutableHashTable`s keyed by
 session id, exported empty. Memory is bounded in sessions and in bytes:
