@@ -8,19 +8,15 @@ import os
 import subprocess
 import sys
 
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.export import export_model
 from tf_gru4rec.serving.bundle import SessionBundle
 from tf_gru4rec.serving.capi import CApiBundle
-from tf_gru4rec.serving.client import to_tensor_proto
-from tf_gru4rec.serving.dev_server import DevServer
 from tf_gru4rec.serving_graph import (
     MAX_CLICK_POSITION,
     MAX_DEFAULT_ROWS,
@@ -197,28 +193,8 @@ def test_bad_shapes_are_refused_by_the_graph_naming_input_and_shape(exported, si
     before = count(capi)
     message = refused(capi, signature, inputs)
     assert expected in message
-    assert refused(python, signature, inputs) == message
+    assert refused(python, signature, inputs) == message  # what the dev server answers
     assert count(capi) == before
-
-
-def test_the_dev_server_gives_the_c_api_message(exported):
-    path, capi, _ = exported
-    base = os.path.dirname(path)
-    with DevServer(base, port=0, warmup=False) as server, \
-            grpc.insecure_channel(server.target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        for signature, inputs, _ in BAD_SHAPES:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "gru4rec"
-            request.model_spec.signature_name = signature
-            for key, value in inputs.items():
-                request.inputs[key].CopyFrom(to_tensor_proto(value))
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Predict(request, timeout=30)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            # The dev server answers the message's first line, without the graph's node names.
-            expected = refused(capi, signature, inputs).strip().splitlines()[0]
-            assert info.value.details() == expected, signature
 
 
 @pytest.mark.parametrize("bad", [1.0000001, 2.0, -2.0, 1e20, 3e38, np.inf, -np.inf, np.nan])
@@ -298,18 +274,29 @@ def test_the_export_records_its_row_cap_and_chunks(exported):
     assert info["score_chunk_rows"] == CHUNK_ROWS
 
 
-def test_chunked_scoring_equals_scoring_in_one_piece(exported, model, tmp_path):
-    """The same requests through an export scoring all rows at once."""
+def test_chunked_scoring_equals_the_keras_model(exported, model):
+    """11 rows scored in chunks of 3 (the last one short): the same top K and ranks as the
+    Keras model scoring all rows at once."""
     _, capi, _ = exported
-    whole = export_model(model, ItemVocabulary(RAW_IDS), str(tmp_path / "whole"), k=K,
-                         exclude_seen=True, max_seen=3, warmup=False,
-                         limits=ServingLimits(max_request_rows=40))
-    with open(os.path.join(whole, "assets.extra", "tf_gru4rec.json")) as f:
-        assert json.load(f)["score_chunk_rows"] >= 40
-    with CApiBundle(whole) as one_piece:
-        for signature in ("serving_default", "rank", "step", "recommend", "click"):
-            inputs = example_inputs(capi, signature, 11, f"chunks-{signature}", seed=9)
-            assert_same(capi.run(signature, inputs), one_piece.run(signature, inputs), signature)
+    rng = np.random.default_rng(9)
+    rows = 11
+    idx = rng.integers(0, N_ITEMS, rows)
+    target = rng.integers(0, N_ITEMS, rows)
+    seen = rng.integers(0, N_ITEMS, (rows, 2))
+    hidden, _ = model.step(tf.constant(idx, tf.int32), [tf.zeros((rows, h)) for h in LAYERS])
+    scores = model.score_all(hidden).numpy()  # (rows, N_ITEMS)
+    out = capi.run("rank", {"session_id": strings(*[f"chunk-rank-{i}" for i in range(rows)]),
+                            "item_id": RAW_IDS[idx], "target_item_id": RAW_IDS[target]})
+    expected = (scores > scores[np.arange(rows), target][:, None]).sum(axis=1)
+    np.testing.assert_array_equal(out["n_higher"], expected)
+    out = capi.run("step", {"item_id": RAW_IDS[idx], "state": np.zeros((rows, S), np.float32),
+                            "seen_item_ids": RAW_IDS[seen]})
+    masked = scores.copy()
+    masked[np.arange(rows)[:, None], np.concatenate([idx[:, None], seen], axis=1)] = -np.inf
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :K]
+    np.testing.assert_array_equal(out["item_ids"].astype(str), RAW_IDS[top].astype(str))
+    np.testing.assert_allclose(out["scores"], np.take_along_axis(masked, top, axis=1),
+                               atol=1e-5)
 
 
 @pytest.mark.slow
