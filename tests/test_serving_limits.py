@@ -157,7 +157,7 @@ def test_limits_are_validated_and_recorded(exported, model, tmp_path):
         info = json.load(f)
     assert info["limits"] == {"max_request_rows": 64, "max_id_bytes": 16,
                               "max_session_length": 6, "session_memory_bytes": 1 << 20,
-                              "request_work": 50_000_000, "scoring_memory_bytes": 64 << 20}
+                              "request_work": 50_000_000, "scoring_memory_bytes": 128 << 20}
     for field in ("max_request_rows", "max_id_bytes", "max_session_length",
                   "session_memory_bytes", "request_work", "scoring_memory_bytes"):
         for value in (0, -3, 2.5, True):

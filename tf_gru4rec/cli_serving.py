@@ -141,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-work", type=types.integer(1), default=50_000_000,
                    help="item rows x request rows one request may score; sets the default "
                         "--max-request-rows")
-    p.add_argument("--scoring-memory-mb", type=types.integer(1), default=64,
+    p.add_argument("--scoring-memory-mb", type=types.integer(1), default=128,
                    help="most memory of score matrices one request holds at a time (requests "
                         "are scored in row chunks that fit)")
     p.add_argument("--max-id-bytes", type=types.integer(1), default=256,

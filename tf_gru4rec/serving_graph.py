@@ -99,8 +99,9 @@ _ENTRY_OVERHEAD_BYTES = 160
 SCORE_PRECISIONS = ("float32", "bfloat16", "int8")
 MAX_DEFAULT_ROWS = 10_000  # the derived `max_request_rows` never exceeds this
 # Bytes one (request row, item) pair may hold while a chunk is scored: the score blocks, their
-# concatenation, and `rank`'s comparisons (bool) and counts (int32), with room to spare.
-SCORE_BYTES = 32
+# concatenation, and `rank`'s comparisons (bool) and counts (int32); about 15 measured
+# (BENCHMARKS.md, serving_work_bound.py), with room to spare.
+SCORE_BYTES = 20
 REQUEST_ITEM_BYTES = 96  # one item id of a [B, T] input: 24-byte string + lookups + copies
 REQUEST_FIXED_BYTES = 64 << 20
 MAX_CLICK_POSITION = 10**9  # `click` positions above this are refused (no session gets there)
@@ -130,7 +131,7 @@ class ServingLimits:
     max_session_length: int = 1_000
     session_memory_bytes: int = 1 << 30
     request_work: int = 50_000_000
-    scoring_memory_bytes: int = 64 << 20
+    scoring_memory_bytes: int = 128 << 20
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
