@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-session-length", type=int, help="override the session length")
     parser.add_argument("--rates", type=int, nargs="*", default=[1, 64, 1000],
                         help="request sizes (rows) of the throughput part")
-    parser.add_argument("--signatures", nargs="+", default=list(SIGNATURES),
+    parser.add_argument("--signatures", nargs="*", default=list(SIGNATURES),
                         choices=SIGNATURES, help="signatures of the worst-request part")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=RESULTS)
