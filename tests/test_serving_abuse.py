@@ -128,7 +128,7 @@ GRPC_CASES = {
                          "INVALID_ARGUMENT", "a `session_id` is empty"),
     "click position over the bound": (grpc_request("click", position=to_tensor_proto(
         np.array([2**63 - 1], np.int64)), **good_inputs()), "INVALID_ARGUMENT", "at most"),
-    "wrong rank through the C API's path": (
+    "item ids of rank 2": (
         grpc_request("lookup", item_id=to_tensor_proto([RAW_IDS[:2], RAW_IDS[:2]])),
         "INVALID_ARGUMENT", "`item_id` should have shape [B]; received shape [2 2]"),
     "negative click position": (grpc_request("click", position=to_tensor_proto(
