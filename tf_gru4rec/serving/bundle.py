@@ -79,7 +79,7 @@ class SessionBundle:
         if set(inputs) != set(infos):
             raise SignatureError(f"signature {signature!r} expects inputs {sorted(infos)}; "
                                  f"received {sorted(inputs)}")
-        return {key: _check_input(signature, key, inputs[key], *infos[key], cast_numbers)
+        return {key: _check_input(signature, key, inputs[key], infos[key][0], cast_numbers)
                 for key in infos}
 
     def run(self, signature: str, inputs: dict, output_filter=()) -> dict:
@@ -99,7 +99,10 @@ class SessionBundle:
         if unknown:
             raise SignatureError(f"signature {signature!r} has no inputs {sorted(unknown)}")
         run = self._callable(signature, keys, wanted)
-        values = run(*[np.asarray(inputs[key]) for key in keys])
+        # Numbers converted to the signature's dtype, as Session.run converts feeds.
+        dtypes = {key: _dtype_shape(sig.inputs[key])[0] for key in keys}
+        values = run(*[np.asarray(inputs[key], dtype=None if dtypes[key] is object
+                                  else dtypes[key]) for key in keys])
         return dict(zip(wanted, values, strict=True))
 
     def _callable(self, signature: str, keys: tuple, wanted: tuple):
@@ -178,7 +181,7 @@ def _dtype_shape(info):
         else object, shape
 
 
-def _check_input(signature: str, key: str, value, dtype, shape, cast_numbers: bool):
+def _check_input(signature: str, key: str, value, dtype, cast_numbers: bool):
     value = np.asarray(value)
     if dtype is object:
         if value.dtype.kind not in "OSU":

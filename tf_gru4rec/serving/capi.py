@@ -43,11 +43,7 @@ def library() -> ctypes.CDLL:
     global _LIB
     with _LIB_LOCK:
         if _LIB is None:
-            path = os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2")
-            if not os.path.exists(path):  # `tf` may be a lazy-loading shim
-                path = os.path.join(os.path.dirname(os.path.dirname(tf.sysconfig.get_lib()
-                                                                    + "/")),
-                                    "tensorflow", "libtensorflow_cc.so.2")
+            path = os.path.join(tf.sysconfig.get_lib(), "libtensorflow_cc.so.2")
             _LIB = _declare(ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL))
     return _LIB
 
