@@ -18,6 +18,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
@@ -25,6 +26,7 @@ from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.export import WARMUP_FILE, export_model
 from tf_gru4rec.serving import rest
+from tf_gru4rec.serving.capi import CApiBundle
 from tf_gru4rec.serving.client import to_tensor_proto
 from tf_gru4rec.serving.dev_server import DevServer
 from tf_gru4rec.serving_graph import ServingLimits
@@ -151,6 +153,28 @@ def test_bad_grpc_request(server, case):
     assert info.value.code().name == code, info.value.details()
     assert text in (info.value.details() or ""), info.value.details()
     assert_still_serving(server)
+
+
+def test_shape_errors_read_as_through_the_c_api(server):
+    """The graph's shape messages reach gRPC clients of the development server as they come
+    out of a session loaded through TensorFlow's C API (as TF Serving loads it)."""
+    cases = [("lookup", {"item_id": np.asarray([RAW_IDS[:2]] * 2, dtype=object)}),
+             ("step", {"item_id": np.asarray(["x"], dtype=object),
+                       "state": np.zeros(UNITS, np.float32)}),
+             ("serving_default", {"session_id": np.asarray([["s"]], dtype=object),
+                                  "item_id": np.asarray(["x"], dtype=object)})]
+    with CApiBundle(server.manager.get("gru4rec", None).path) as capi, \
+            grpc.insecure_channel(server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, inputs in cases:
+            with pytest.raises(tf.errors.InvalidArgumentError) as expected:
+                capi.run(signature, inputs)
+            with pytest.raises(grpc.RpcError) as got:
+                stub.Predict(grpc_request(signature, **{k: to_tensor_proto(v)
+                                                        for k, v in inputs.items()}), timeout=30)
+            assert got.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert got.value.details() == expected.value.message.strip().splitlines()[0]
+            assert "should have shape" in got.value.details()
 
 
 def assert_still_serving(server):
