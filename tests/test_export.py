@@ -43,7 +43,7 @@ def call(bundle, signature, **inputs) -> dict:
 
 
 def count(bundle) -> int:
-    return int(call(bundle, "session_count")["count"])
+    return int(call(bundle, "session_count", probe=np.zeros(1, np.int32))["count"][0])
 
 
 def keras_scores(model, sessions) -> list[np.ndarray]:
@@ -121,7 +121,7 @@ EXPECTED = {
                "position": ("DT_INT64", [-1])},
               {"item_ids": ("DT_STRING", [-1, K]), "scores": ("DT_FLOAT", [-1, K]),
                "known": ("DT_BOOL", [-1]), "applied": ("DT_BOOL", [-1])}),
-    "session_count": ({}, {"count": ("DT_INT64", [])}),
+    "session_count": ({"probe": ("DT_INT32", [-1])}, {"count": ("DT_INT64", [-1])}),
 }
 
 
@@ -158,7 +158,7 @@ def test_layout_assets_and_warmup(plain, model, vocabulary):
                tf.data.TFRecordDataset(os.path.join(path, "assets.extra",
                                                     "tf_serving_warmup_requests"))]
     names = [r.predict_log.request.model_spec.signature_name for r in records]
-    assert set(names) == set(EXPECTED) - {"session_count"} and names[-1] == "end_session"
+    assert set(names) == set(EXPECTED) and names[-1] == "end_session"
     assert 0 < len(records) <= 1000
     # Only the inference weights and the (empty) session tables are saved: no optimizer state.
     saved = dict(tf.train.list_variables(os.path.join(path, "variables", "variables")))
@@ -191,14 +191,15 @@ import numpy as np
 from tf_gru4rec.serving.bundle import SessionBundle
 path, sessions, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 bundle = SessionBundle(path)
-result = {"count_before": bundle.run("session_count", {})["count"]}
+probe = {"probe": np.zeros(1, np.int32)}
+result = {"count_before": int(bundle.run("session_count", probe)["count"][0])}
 sids = np.asarray([f"s{i}" for i in range(len(sessions))], dtype=object)
 for t in range(len(sessions[0])):
     o = bundle.run("serving_default", {"session_id": sids,
                    "item_id": np.asarray([s[t] for s in sessions], dtype=object)})
     result[f"ids{t}"] = o["item_ids"].astype(str)
     result[f"scores{t}"] = o["scores"]
-result["count_after"] = bundle.run("session_count", {})["count"]
+result["count_after"] = int(bundle.run("session_count", probe)["count"][0])
 np.savez(out, **result)
 """
 

@@ -3,6 +3,7 @@ the version the way TF Serving does): each gets the answer the table says, and t
 keeps serving. Also: a version whose warmup fails is refused and the previous one keeps
 serving."""
 
+import base64
 import json
 import logging
 import os
@@ -11,16 +12,21 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.export import WARMUP_FILE, export_model
+from tf_gru4rec.serving import rest
+from tf_gru4rec.serving.capi import CApiBundle
 from tf_gru4rec.serving.client import to_tensor_proto
 from tf_gru4rec.serving.dev_server import DevServer
 from tf_gru4rec.serving_graph import ServingLimits
@@ -90,9 +96,9 @@ GRPC_CASES = {
                           "INVALID_ARGUMENT", "`item_id` has 3 rows but `session_id` has 1"),
     "wrong state width": (grpc_request("step", item_id=to_tensor_proto(["x"]),
                                        state=to_tensor_proto(np.zeros((1, 2), np.float32))),
-                          "INVALID_ARGUMENT", "should have shape"),
+                          "INVALID_ARGUMENT", f"`state` should have shape [B, {UNITS}]"),
     "wrong rank": (grpc_request(**_with(session_id=to_tensor_proto([["s"]]))),
-                   "INVALID_ARGUMENT", "should have shape"),
+                   "INVALID_ARGUMENT", "`session_id` should have shape [B]"),
     "unknown signature": (grpc_request("nope", **good_inputs()), "INVALID_ARGUMENT",
                           "not found in signature def"),
     "content does not match shape": (grpc_request("step", item_id=to_tensor_proto(["x"]),
@@ -116,6 +122,17 @@ GRPC_CASES = {
         ["s" * 1_000_000]))), "INVALID_ARGUMENT", "max_id_bytes"),
     "non-finite state": (grpc_request("step", item_id=to_tensor_proto(["x"]), state=_NAN_STATE),
                          "INVALID_ARGUMENT", "finite"),
+    "state outside [-1, 1]": (grpc_request("step", item_id=to_tensor_proto(["x"]),
+                                           state=to_tensor_proto(np.full((1, UNITS), 3e38,
+                                                                         np.float32))),
+                              "INVALID_ARGUMENT", "within [-1, 1]"),
+    "empty session id": (grpc_request(**_with(session_id=to_tensor_proto([""]))),
+                         "INVALID_ARGUMENT", "a `session_id` is empty"),
+    "click position over the bound": (grpc_request("click", position=to_tensor_proto(
+        np.array([2**63 - 1], np.int64)), **good_inputs()), "INVALID_ARGUMENT", "at most"),
+    "item ids of rank 2": (
+        grpc_request("lookup", item_id=to_tensor_proto([RAW_IDS[:2], RAW_IDS[:2]])),
+        "INVALID_ARGUMENT", "`item_id` should have shape [B]; received shape [2 2]"),
     "negative click position": (grpc_request("click", position=to_tensor_proto(
         np.array([-1], np.int64)), **good_inputs()), "INVALID_ARGUMENT", "non-negative"),
     "unknown model": (grpc_request(model="other", **good_inputs()), "NOT_FOUND", "other"),
@@ -136,6 +153,28 @@ def test_bad_grpc_request(server, case):
     assert info.value.code().name == code, info.value.details()
     assert text in (info.value.details() or ""), info.value.details()
     assert_still_serving(server)
+
+
+def test_shape_errors_read_as_through_the_c_api(server):
+    """The graph's shape messages reach gRPC clients of the development server as they come
+    out of a session loaded through TensorFlow's C API (as TF Serving loads it)."""
+    cases = [("lookup", {"item_id": np.asarray([RAW_IDS[:2]] * 2, dtype=object)}),
+             ("step", {"item_id": np.asarray(["x"], dtype=object),
+                       "state": np.zeros(UNITS, np.float32)}),
+             ("serving_default", {"session_id": np.asarray([["s"]], dtype=object),
+                                  "item_id": np.asarray(["x"], dtype=object)})]
+    with CApiBundle(server.manager.get("gru4rec", None).path) as capi, \
+            grpc.insecure_channel(server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, inputs in cases:
+            with pytest.raises(tf.errors.InvalidArgumentError) as expected:
+                capi.run(signature, inputs)
+            with pytest.raises(grpc.RpcError) as got:
+                stub.Predict(grpc_request(signature, **{k: to_tensor_proto(v)
+                                                        for k, v in inputs.items()}), timeout=30)
+            assert got.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert got.value.details() == expected.value.message.strip().splitlines()[0]
+            assert "should have shape" in got.value.details()
 
 
 def assert_still_serving(server):
@@ -216,6 +255,13 @@ REST_CASES = {
     "no Content-Length": (post(PREDICT, b"", None), b"", 411, "Content-Length"),
     "unknown path": (post("/v1/nothing", b"{}"), b"{}", 404, "Malformed request"),
     "unknown model over REST": (post("/v1/models/other:predict", b"{}"), b"{}", 404, "other"),
+    "bad base64": (post(PREDICT, b'{"signature_name": "lookup", "inputs": {"item_id": '
+                                 b'[{"b64": "not base64!"}]}}'),
+                   b'{"signature_name": "lookup", "inputs": {"item_id": [{"b64": "not base64!"}]}}',
+                   400, "input 'item_id'"),
+    "session_count without probe": (
+        post(PREDICT, b'{"signature_name": "session_count", "inputs": {}}'),
+        b'{"signature_name": "session_count", "inputs": {}}', 400, "probe"),
 }
 
 
@@ -247,6 +293,53 @@ def test_body_shorter_than_its_content_length_does_not_hold_a_thread(server):
     assert threading.active_count() <= threads_before
 
 
+def test_body_over_the_limit_gets_413_not_a_broken_connection(server):
+    """A client that sends a 70 MB body whole (as urllib does) reads a 413 JSON answer; one
+    that asks first (`Expect: 100-continue`, as curl does) gets it before sending."""
+    url = f"http://127.0.0.1:{server.rest_port}{PREDICT}"
+    body = b'{"inputs": {"item_id": ["' + b"x" * (70 << 20) + b'"]}}'
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60)
+    assert info.value.code == 413
+    assert "the limit is" in json.loads(info.value.read())["error"]
+    head = post(PREDICT, b"", str(len(body)))[:-2] + b"Expect: 100-continue\r\n\r\n"
+    status, answer = raw_http(server, head)
+    assert status == 413 and "the limit is" in answer["error"]
+    assert_still_serving(server)
+
+
+def rest_predict(server, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{PREDICT}",
+                                     data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    assert "NaN" not in text and "Infinity" not in text
+    return json.loads(text)
+
+
+def test_rest_speaks_tf_serving_json(server):
+    """b64 strings, session_count, and the row format of a one-output signature, as TF
+    Serving's JSON API has them."""
+    encoded = base64.b64encode(RAW_IDS[2].encode()).decode()
+    out = rest_predict(server, {"signature_name": "lookup",
+                                "inputs": {"item_id": [{"b64": encoded}, "nope"]}})
+    assert out == {"outputs": [True, False]}
+    out = rest_predict(server, {"inputs": {"session_id": [{"b64": base64.b64encode(
+        b"rest-b64").decode()}], "item_id": [RAW_IDS[3]]}})
+    assert out["outputs"]["known"] == [True]
+    counted = rest_predict(server, {"signature_name": "session_count", "inputs": {"probe": [0]}})
+    assert counted["outputs"][0] >= 1
+    rows = rest_predict(server, {"signature_name": "session_count", "instances": [{"probe": 0}]})
+    assert rows == {"predictions": counted["outputs"]}
+    rows = rest_predict(server, {"signature_name": "lookup", "instances": [{"item_id": "nope"}]})
+    assert rows == {"predictions": [False]}
+
+
+def test_non_finite_floats_are_never_bare_json():
+    assert rest._finite_json({"a": [1.5, float("nan"), [float("inf"), -float("inf")]], "b": "x"}) \
+        == {"a": [1.5, "NaN", ["Infinity", "-Infinity"]], "b": "x"}
+
+
 def test_every_row_of_the_readme_table_has_a_test():
     with open(os.path.join(REPO, "serving", "README.md")) as f:
         text = f.read()
@@ -254,7 +347,8 @@ def test_every_row_of_the_readme_table_has_a_test():
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]
             if line.startswith("|")]
     tested = set(GRPC_CASES) | set(REST_CASES) | {
-        "REST body shorter than its Content-Length", "version whose warmup fails"}
+        "REST body shorter than its Content-Length", "REST body over 64 MB",
+        "version whose warmup fails"}
     assert set(rows) == tested, set(rows) ^ tested
 
 

@@ -57,7 +57,7 @@ def refused(bundle, signature, **inputs) -> str:
 
 
 def count(bundle) -> int:
-    return int(run(bundle, "session_count")["count"])
+    return int(run(bundle, "session_count", probe=np.zeros(1, np.int32))["count"][0])
 
 
 # ---------------------------------------------------------------------- duplicate ordering
@@ -156,9 +156,10 @@ def test_limits_are_validated_and_recorded(exported, model, tmp_path):
     with open(os.path.join(path, "assets.extra", "tf_gru4rec.json")) as f:
         info = json.load(f)
     assert info["limits"] == {"max_request_rows": 64, "max_id_bytes": 16,
-                              "max_session_length": 6, "session_memory_bytes": 1 << 20}
+                              "max_session_length": 6, "session_memory_bytes": 1 << 20,
+                              "request_work": 50_000_000, "scoring_memory_bytes": 128 << 20}
     for field in ("max_request_rows", "max_id_bytes", "max_session_length",
-                  "session_memory_bytes"):
+                  "session_memory_bytes", "request_work", "scoring_memory_bytes"):
         for value in (0, -3, 2.5, True):
             with pytest.raises(ValueError, match=field):
                 ServingLimits(**{field: value})
@@ -244,12 +245,14 @@ def test_cli_export_options_reach_the_served_graph(model, tmp_path):
     assert main(["-v", "WARNING", "export", "--model", str(tmp_path / "model"), "--base",
                  str(base), "--k", str(K), "--max-request-rows", "3", "--max-id-bytes", "5",
                  "--max-session-length", "2", "--session-memory-mb", "1",
+                 "--request-work", "1000", "--scoring-memory-mb", "2",
                  "--score-precision", "int8", "--score-shards", "1"]) == 0
     path = str(base / "1")
     with open(os.path.join(path, "assets.extra", "tf_gru4rec.json")) as f:
         info = json.load(f)
     assert info["limits"] == {"max_request_rows": 3, "max_id_bytes": 5, "max_session_length": 2,
-                              "session_memory_bytes": 1 << 20}
+                              "session_memory_bytes": 1 << 20, "request_work": 1000,
+                              "scoring_memory_bytes": 2 << 20}
     assert info["score_precision"] == "int8" and info["score_shards"] == 1
     assert info["session_capacity"] == effective_capacity(100_000, ServingLimits(
         max_id_bytes=5, session_memory_bytes=1 << 20), UNITS, 0)

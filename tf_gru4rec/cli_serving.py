@@ -43,7 +43,9 @@ def cmd_export(args) -> int:
             limits=ServingLimits(max_request_rows=args.max_request_rows,
                                  max_id_bytes=args.max_id_bytes,
                                  max_session_length=args.max_session_length,
-                                 session_memory_bytes=args.session_memory_mb << 20),
+                                 session_memory_bytes=args.session_memory_mb << 20,
+                                 request_work=args.request_work,
+                                 scoring_memory_bytes=args.scoring_memory_mb << 20),
             score_precision=args.score_precision, score_shards=args.score_shards)
     except FileExistsError as error:  # an explicit --version that exists
         logger.error("%s", error)
@@ -133,8 +135,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--popular-items", type=_popular,
                    help="comma-separated fallback item ids, most popular first "
                         "(default: by training counts)")
-    p.add_argument("--max-request-rows", type=types.integer(1), default=10_000,
-                   help="most rows in one request (checked inside the graph)")
+    p.add_argument("--max-request-rows", type=types.integer(1), default=None,
+                   help="most rows in one request (checked inside the graph; default: "
+                        "--request-work / items, between 1 and 10,000)")
+    p.add_argument("--request-work", type=types.integer(1), default=50_000_000,
+                   help="item rows x request rows one request may score; sets the default "
+                        "--max-request-rows")
+    p.add_argument("--scoring-memory-mb", type=types.integer(1), default=128,
+                   help="most memory of score matrices one request holds at a time (requests "
+                        "are scored in row chunks that fit)")
     p.add_argument("--max-id-bytes", type=types.integer(1), default=256,
                    help="longest session id in bytes (checked inside the graph)")
     p.add_argument("--max-session-length", type=types.integer(1), default=1000,

@@ -27,7 +27,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.paths import fsync
-from tf_gru4rec.serving_graph import SIGNATURES, WARMUP_SESSION, ServingLimits, ServingModule
+from tf_gru4rec.serving_graph import (
+    SIGNATURES,
+    WARMUP_SESSION,
+    ServingLimits,
+    ServingModule,
+    request_memory_bound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,8 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
       warmup: write `assets.extra/tf_serving_warmup_requests`.
       max_seen: items remembered per session for `exclude_seen` in the stateful signature.
       limits: `ServingLimits` (rows per request, session id bytes, session length, session
-        memory), enforced inside the graph; default `ServingLimits()`.
+        memory, scoring memory), enforced inside the graph; default `ServingLimits()`, whose
+        row cap follows the catalogue (`ServingLimits.resolved`).
       score_precision: "float32" (exact, default), "bfloat16" or "int8" (per-row scale): the
         precision of the item table that scores all items (`ServingModule`).
       score_shards: row blocks of the item table scored in parallel (same results).
@@ -115,6 +122,9 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
             "exclude_seen": bool(exclude_seen), "max_seen": max_seen,
             "session_capacity": module.session_capacity,
             "limits": dataclasses.asdict(module.limits),
+            "score_chunk_rows": module.chunk_rows,
+            "request_memory_bytes": request_memory_bound(module.limits, model.n_items,
+                                                         module.state_size, k),
             "score_precision": module.score_precision,
             "score_shards": len(module.shard_bounds) - 1,
             "session_idle_seconds": float(session_idle_seconds),
@@ -331,8 +341,7 @@ def _host() -> str:
 
 def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen: bool,
                           model_name: str = "") -> int:
-    """Write PredictionLog warmup records exercising every signature once (batch 1), except
-    `session_count`, which has no inputs (a request TF Serving's warmup need not accept).
+    """Write PredictionLog warmup records exercising every signature once (batch 1).
 
     The stateful requests use a reserved session id that the last record ends, so warmup
     leaves no session behind. Returns the number of records.
@@ -359,6 +368,7 @@ def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen
         request("step", **step_inputs),
         request("recommend", session_item_ids=np.array([["", item_id]], dtype=object)),
         request("lookup", item_id=one),
+        request("session_count", probe=np.zeros(1, np.int32)),
         request("end_session", session_id=session),
     ]
     with tf.io.TFRecordWriter(path) as writer:

@@ -6,7 +6,9 @@ vocabulary is inside the graph (two static hash tables initialised from the asse
 `assets/items.txt`, one id per line in index order). B is the number of rows of a request, K the
 export's `k`, S = sum(layers) the flattened GRU state, H = layers[-1], T a session length.
 
-Signatures (all inputs and outputs have the rows as their first dimension):
+Signatures (every signature has an input, and all inputs and outputs have the rows as their
+first dimension, as TF Serving's `--enable_batching` needs: it refuses a run without inputs,
+concatenates requests along dimension 0 and splits every output along it):
 
   serving_default  stateful single step; the server keeps each session's GRU state.
       in:  session_id string [B], item_id string [B]
@@ -15,13 +17,14 @@ Signatures (all inputs and outputs have the rows as their first dimension):
                    so that a retried request does not click twice: a row is applied unless
                    the server already has a later position for that session (a retry of the
                    last click gets the same answer again, from the state it already has).
-      in:  session_id string [B], item_id string [B], position int64 [B]
+      in:  session_id string [B], item_id string [B], position int64 [B] (0 to
+           MAX_CLICK_POSITION)
       out: item_ids, scores, known as serving_default; applied bool [B]
   end_session      forget sessions.
       in:  session_id string [B]
       out: ended bool [B] (the session had state)
   step             stateless single step; the client keeps the state (start from zeros).
-      in:  item_id string [B], state float32 [B, S] (finite)
+      in:  item_id string [B], state float32 [B, S] (within [-1, 1], as a GRU state)
            (+ seen_item_ids string [B, T], "" padded, when exported with exclude_seen)
       out: item_ids string [B, K], scores float32 [B, K], known bool [B], state float32 [B, S]
   recommend        the whole session so far; no state anywhere.
@@ -36,10 +39,10 @@ Signatures (all inputs and outputs have the rows as their first dimension):
            known bool [B]
   lookup           which item ids the model knows.
       in:  item_id string [B]
-      out: known bool []
+      out: known bool [B]
   session_count    sessions held by the stateful signatures (for monitoring).
-      in:  nothing
-      out: count int64 []
+      in:  probe int32 [B] (values ignored; send one row)
+      out: count int64 [B] (the count, in every row)
 
 Semantics shared by the three scoring paths (so they give identical recommendations):
   - an unknown item does not advance the state; the recommendation comes from the state so far;
@@ -55,8 +58,14 @@ float32 (exact), bfloat16 or int8 (per-row scale) copy for scoring (BENCHMARKS.m
 both their speed and their accuracy).
 
 Limits (`ServingLimits`) are checked inside the graph, so TensorFlow Serving enforces them too:
-a request over a limit, inputs whose row counts differ, or a non-finite `state` is refused with
-INVALID_ARGUMENT and a message naming the inputs and the limit, before any state changes.
+an input whose rank or fixed dimensions differ from its signature's (TF Serving's C++ session
+feeds tensors unchecked), a request over a limit, inputs whose row counts differ, an empty
+session id, a `state` outside [-1, 1] (or not finite) or a click position out of range is
+refused with INVALID_ARGUMENT and a message naming the input and the limit or expected shape,
+before any state changes. The default row cap follows the catalogue (`request_work` item rows x
+request rows), and requests are scored `chunk_rows` rows at a time, one chunk after another,
+so that the score matrices of a request stay within `scoring_memory_bytes` whatever its rows
+(`request_memory_bound` states what one request may add to the server's memory).
 
 Session state (serving_default, click, end_session, rank) lives in `MutableHashTable`s keyed by
 session id, exported empty. Memory is bounded in sessions and in bytes:
@@ -88,6 +97,14 @@ _LOW_WATER = 0.9
 _ENTRY_OVERHEAD_BYTES = 160
 
 SCORE_PRECISIONS = ("float32", "bfloat16", "int8")
+MAX_DEFAULT_ROWS = 10_000  # the derived `max_request_rows` never exceeds this
+# Bytes one (request row, item) pair may hold while a chunk is scored: the score blocks, their
+# concatenation, and `rank`'s comparisons (bool) and counts (int32); about 15 measured
+# (BENCHMARKS.md, serving_work_bound.py), with room to spare.
+SCORE_BYTES = 20
+REQUEST_ITEM_BYTES = 96  # one item id of a [B, T] input: 24-byte string + lookups + copies
+REQUEST_FIXED_BYTES = 64 << 20
+MAX_CLICK_POSITION = 10**9  # `click` positions above this are refused (no session gets there)
 SIGNATURES = ("serving_default", "click", "end_session", "step", "recommend", "rank", "lookup",
               "session_count")
 
@@ -97,24 +114,45 @@ class ServingLimits:
     """Per-request and memory limits of an export, enforced inside the served graph.
 
     Attributes:
-      max_request_rows: most rows (B) in one request of any signature.
+      max_request_rows: most rows (B) in one request of any signature; None (default): derived
+        from the catalogue by `resolved` (`request_work` // items, between 1 and 10,000).
       max_id_bytes: longest session id, in bytes (item ids are not limited: an unknown id is
         just unknown).
       max_session_length: most items (T) in `recommend`'s sessions and `step`'s seen items.
       session_memory_bytes: budget for the stateful signatures' session tables.
+      request_work: item rows x request rows one request may score, which sets the default
+        `max_request_rows` (50M: 1,000 rows at 50k items, 50 at 1M items).
+      scoring_memory_bytes: most bytes of score matrices one request holds at a time: requests
+        are scored in chunks of `score_chunk_rows(n_items)` rows, one chunk after another.
     """
 
-    max_request_rows: int = 10_000
+    max_request_rows: int | None = None
     max_id_bytes: int = 256
     max_session_length: int = 1_000
     session_memory_bytes: int = 1 << 30
+    request_work: int = 50_000_000
+    scoring_memory_bytes: int = 128 << 20
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if value is None and field.name == "max_request_rows":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{field.name}` should be a positive integer. "
                                  f"Received: {value!r}")
+
+    def resolved(self, n_items: int) -> ServingLimits:
+        """These limits with `max_request_rows` set for a catalogue of `n_items` items."""
+        if self.max_request_rows is not None:
+            return self
+        rows = min(MAX_DEFAULT_ROWS, max(1, self.request_work // int(n_items)))
+        return dataclasses.replace(self, max_request_rows=rows)
+
+    def score_chunk_rows(self, n_items: int) -> int:
+        """Rows scored at once: their score matrices (about `SCORE_BYTES` per row and item)
+        fit `scoring_memory_bytes`; at least 1."""
+        return max(1, self.scoring_memory_bytes // (int(n_items) * SCORE_BYTES))
 
 
 class ServingModule(tf.Module):
@@ -148,7 +186,8 @@ class ServingModule(tf.Module):
         self.k = int(k)
         self.exclude_seen = bool(exclude_seen)
         self.max_seen = int(max_seen)
-        self.limits = limits or ServingLimits()
+        self.limits = (limits or ServingLimits()).resolved(self.n_items)
+        self.chunk_rows = self.limits.score_chunk_rows(self.n_items)
         self.session_capacity = effective_capacity(
             int(session_capacity), self.limits, self.state_size,
             self.max_seen if self.exclude_seen else 0)
@@ -274,7 +313,23 @@ class ServingModule(tf.Module):
 
     def _top_k(self, hidden, fallback, seen=None):
         """hidden [B, H], fallback bool [B], seen int64 [B, T] (-1 = none) ->
-        (item_ids string [B, K], scores float32 [B, K])."""
+        (item_ids string [B, K], scores float32 [B, K]); scored `chunk_rows` rows at a time."""
+        if seen is None:
+            indices, values = self._by_chunks(lambda h: self._top_k_rows(h), [hidden],
+                                              [(tf.int64, [None, self.k]),
+                                               (tf.float32, [None, self.k])])
+        else:
+            indices, values = self._by_chunks(self._top_k_rows, [hidden, seen],
+                                              [(tf.int64, [None, self.k]),
+                                               (tf.float32, [None, self.k])])
+        fallback = fallback[:, None]
+        indices = tf.where(fallback, self.popular[None, :], indices)
+        values = tf.where(fallback, tf.zeros_like(values), values)
+        return self.index_to_id.lookup(indices), values
+
+    def _top_k_rows(self, hidden, seen=None):
+        """The top K of one chunk: hidden [C, H], seen int64 [C, T] or None ->
+        (indices int64 [C, K], scores float32 [C, K])."""
         if seen is None and len(self.shard_bounds) > 2:
             # Top-K of each shard, then of their candidates: the same items and ties as one
             # top-K (candidates are in item order, top_k prefers the lower index on ties).
@@ -284,38 +339,70 @@ class ServingModule(tf.Module):
                 top = tf.math.top_k(block, k=self.k)
                 values.append(top.values)
                 indices.append(tf.cast(top.indices, tf.int64) + start)
-            values, picked = tf.math.top_k(tf.concat(values, axis=1), k=self.k)  # (B, K)
-            indices = tf.gather(tf.concat(indices, axis=1), picked, batch_dims=1)
-        else:
-            scores = self._score_all(hidden)  # (B, n_items)
-            if seen is not None:
-                batch_rows = tf.broadcast_to(
-                    tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
-                    tf.shape(seen, out_type=tf.int64))
-                mask = seen >= 0
-                indices = tf.stack([tf.boolean_mask(batch_rows, mask),
-                                    tf.boolean_mask(seen, mask)], axis=1)
-                scores = tf.tensor_scatter_nd_update(
-                    scores, indices,
-                    tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
-            values, indices = tf.math.top_k(scores, k=self.k)  # (B, K)
-            indices = tf.cast(indices, tf.int64)
-        fallback = fallback[:, None]
-        indices = tf.where(fallback, self.popular[None, :], indices)
-        values = tf.where(fallback, tf.zeros_like(values), values)
-        return self.index_to_id.lookup(indices), values
+            values, picked = tf.math.top_k(tf.concat(values, axis=1), k=self.k)  # (C, K)
+            return tf.gather(tf.concat(indices, axis=1), picked, batch_dims=1), values
+        scores = self._score_all(hidden)  # (C, n_items)
+        if seen is not None:
+            batch_rows = tf.broadcast_to(
+                tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
+                tf.shape(seen, out_type=tf.int64))
+            mask = seen >= 0
+            indices = tf.stack([tf.boolean_mask(batch_rows, mask),
+                                tf.boolean_mask(seen, mask)], axis=1)
+            scores = tf.tensor_scatter_nd_update(
+                scores, indices,
+                tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
+        values, indices = tf.math.top_k(scores, k=self.k)  # (C, K)
+        return tf.cast(indices, tf.int64), values
+
+    def _rank_rows(self, hidden, target):
+        """Where targets rank in one chunk: hidden [C, H], target int64 [C] (>= 0) ->
+        (n_higher int32 [C], n_ties int32 [C])."""
+        scores = self._score_all(hidden)  # (C, n_items)
+        target_scores = tf.gather(scores, target, axis=1, batch_dims=1)
+        n_higher = tf.reduce_sum(tf.cast(scores > target_scores[:, None], tf.int32), axis=1)
+        n_ties = tf.reduce_sum(tf.cast(scores == target_scores[:, None], tf.int32), axis=1) - 1
+        return n_higher, n_ties
+
+    def _by_chunks(self, fn, tensors, out_specs):
+        """fn applied to row chunks of `tensors` (each [B, ...]), `chunk_rows` rows at a time
+        and one chunk after another, so that a request's score matrices never exceed
+        `limits.scoring_memory_bytes`; the outputs ((dtype, shape) in `out_specs`, each
+        [C, ...]) are concatenated back to [B, ...]."""
+        if self.chunk_rows >= self.limits.max_request_rows:  # every request is one chunk
+            return fn(*tensors)
+        rows = tf.shape(tensors[0])[0]
+        size = self.chunk_rows
+        n_chunks = (rows + size - 1) // size
+
+        def body(i, *arrays):
+            start = i * size
+            take = tf.minimum(size, rows - start)
+            outs = fn(*[t[start:start + take] for t in tensors])
+            return (i + 1, *(a.write(i, o) for a, o in zip(arrays, outs, strict=True)))
+
+        arrays = [tf.TensorArray(dtype, size=n_chunks, infer_shape=False, element_shape=shape)
+                  for dtype, shape in out_specs]
+        _, *arrays = tf.while_loop(lambda i, *_: i < n_chunks, body, (tf.constant(0), *arrays),
+                                   parallel_iterations=1)
+        return [a.concat() for a in arrays]
 
     def _checked(self, session_ids=(), sessions=(), **inputs):
         """Validate a request's inputs before anything else runs; returns them in order.
 
-        `inputs` (name -> tensor, in the order the signature lists them) must all have the same
-        number of rows, at most `max_request_rows`; `session_ids` names those holding session
-        ids (at most `max_id_bytes` each) and `sessions` those of shape [B, T] (T at most
-        `max_session_length`). Float inputs must be finite.
+        Every input must have the rank and fixed dimensions of its signature (TensorFlow
+        Serving's C++ session feeds tensors unchecked); then `inputs` (name -> tensor, in the
+        order the signature lists them) must all have the same number of rows, at most
+        `max_request_rows`; `session_ids` names those holding session ids (1 to `max_id_bytes`
+        bytes each) and `sessions` those of shape [B, T] (T at most `max_session_length`).
+        Float inputs (`state`) must be finite and within [-1, 1], where a GRU state lies.
         """
         limits = self.limits
         names = list(inputs)
-        rows = {name: tf.shape(tensor, out_type=tf.int64)[0] for name, tensor in inputs.items()}
+        with tf.control_dependencies([_shape_check(name, tensor, name in sessions)
+                                      for name, tensor in inputs.items()]):
+            rows = {name: tf.shape(tensor, out_type=tf.int64)[0]
+                    for name, tensor in inputs.items()}
         first = names[0]
         checks = [_require(rows[first] <= limits.max_request_rows,
                            f"`{first}` has {{}} rows; this export accepts at most "
@@ -325,24 +412,31 @@ class ServingModule(tf.Module):
             checks.append(_require(tf.equal(rows[name], rows[first]),
                                    f"`{name}` has {{}} rows but `{first}` has {{}}: every input "
                                    f"should have one row per session", rows[name], rows[first]))
-        for name in session_ids:
-            longest = tf.reduce_max(tf.concat(
-                [tf.strings.length(inputs[name]), [0]], axis=0))
-            checks.append(_require(longest <= limits.max_id_bytes,
-                                   f"a `{name}` is {{}} bytes long; this export accepts at most "
-                                   f"{limits.max_id_bytes} bytes (export option max_id_bytes)",
-                                   longest))
-        for name in sessions:
-            length = tf.shape(inputs[name], out_type=tf.int64)[1]
-            checks.append(_require(length <= limits.max_session_length,
-                                   f"`{name}` has {{}} items per row; this export accepts at "
-                                   f"most {limits.max_session_length} (export option "
-                                   f"max_session_length)", length))
-        for name, tensor in inputs.items():
-            if tensor.dtype.is_floating:
-                checks.append(_require(tf.reduce_all(tf.math.is_finite(tensor)),
-                                       f"`{name}` should hold finite numbers only (no NaN or "
-                                       f"infinity)"))
+        with tf.control_dependencies(checks):  # row counts first: they are the cheap checks
+            for name in session_ids:
+                lengths = tf.concat([tf.strings.length(inputs[name]), [1]], axis=0)
+                checks.append(_require(tf.reduce_min(lengths) >= 1,
+                                       f"a `{name}` is empty; session ids should be non-empty "
+                                       f"strings"))
+                checks.append(_require(tf.reduce_max(lengths) <= limits.max_id_bytes,
+                                       f"a `{name}` is {{}} bytes long; this export accepts at "
+                                       f"most {limits.max_id_bytes} bytes (export option "
+                                       f"max_id_bytes)", tf.reduce_max(lengths)))
+            for name in sessions:
+                length = tf.shape(inputs[name], out_type=tf.int64)[1]
+                checks.append(_require(length <= limits.max_session_length,
+                                       f"`{name}` has {{}} items per row; this export accepts "
+                                       f"at most {limits.max_session_length} (export option "
+                                       f"max_session_length)", length))
+            for name, tensor in inputs.items():
+                if tensor.dtype.is_floating:
+                    largest = tf.reduce_max(tf.concat([tf.reshape(tf.abs(tensor), [-1]), [0.0]],
+                                                      axis=0))
+                    # NaN fails the comparison too (and reduce_max passes it on).
+                    checks.append(_require(tf.reduce_all(tf.abs(tensor) <= 1.0),
+                                           f"`{name}` should hold finite numbers within [-1, 1] "
+                                           f"(a GRU state); its largest magnitude is {{}}",
+                                           largest))
         with tf.control_dependencies(checks):
             return [tf.identity(tensor) for tensor in inputs.values()]
 
@@ -450,9 +544,13 @@ class ServingModule(tf.Module):
         def click(session_id, item_id, position):
             session_id, item_id, position = self._checked(
                 ("session_id",), session_id=session_id, item_id=item_id, position=position)
-            checked = _require(tf.reduce_all(position >= 0),
-                               "`position` should be the click's 0-based index in its session "
-                               "(non-negative)")
+            padded = tf.concat([position, tf.zeros([1], tf.int64)], axis=0)
+            worst = tf.where(tf.reduce_any(position < 0), tf.reduce_min(padded),
+                             tf.reduce_max(padded))
+            checked = _require(
+                (worst >= 0) & (worst <= MAX_CLICK_POSITION),
+                f"`position` should be the click's 0-based index in its session: non-negative "
+                f"and at most {MAX_CLICK_POSITION}; received {{}}", worst)
             with tf.control_dependencies([checked]):
                 position = tf.identity(position)
             hidden, has_state, known, seen, applied = self._stateful_step(
@@ -472,13 +570,10 @@ class ServingModule(tf.Module):
                 ("session_id",), session_id=session_id, item_id=item_id,
                 target_item_id=target_item_id)
             hidden, _, known, _, _ = self._stateful_step(session_id, item_id)
-            scores = self._score_all(hidden)  # (B, n_items)
             target = self._lookup(target_item_id)
             target_known = target >= 0
-            target_scores = tf.gather(scores, tf.maximum(target, 0), axis=1, batch_dims=1)
-            n_higher = tf.reduce_sum(tf.cast(scores > target_scores[:, None], tf.int32), axis=1)
-            n_ties = tf.reduce_sum(tf.cast(scores == target_scores[:, None], tf.int32),
-                                   axis=1) - 1
+            n_higher, n_ties = self._by_chunks(self._rank_rows, [hidden, tf.maximum(target, 0)],
+                                               [(tf.int32, [None]), (tf.int32, [None])])
             minus_one = tf.fill(tf.shape(n_higher), -1)
             return {"n_higher": tf.where(target_known, n_higher, minus_one),
                     "n_ties": tf.where(target_known, n_ties, minus_one), "known": known}
@@ -526,8 +621,9 @@ class ServingModule(tf.Module):
             (item_id,) = self._checked(item_id=item_id)
             return {"known": self._lookup(item_id) >= 0}
 
-        def session_count():
-            return {"count": self.last_seen.size()}
+        def session_count(probe):
+            (probe,) = self._checked(probe=probe)
+            return {"count": tf.fill(tf.shape(probe), self.last_seen.size())}
 
         state_spec = tf.TensorSpec([None, self.state_size], tf.float32)
         step_specs = [string_batch, state_spec]
@@ -545,7 +641,8 @@ class ServingModule(tf.Module):
         self.recommend = tf.function(recommend, autograph=False,
                                      input_signature=[tf.TensorSpec([None, None], tf.string)])
         self.lookup = tf.function(lookup, autograph=False, input_signature=[string_batch])
-        self.session_count = tf.function(session_count, autograph=False, input_signature=[])
+        self.session_count = tf.function(session_count, autograph=False,
+                                         input_signature=[tf.TensorSpec([None], tf.int32)])
 
 
 def shard_bounds(n_items: int, k: int, shards: int) -> list[int]:
@@ -595,6 +692,23 @@ def session_bytes_bound(limits: ServingLimits, state_size: int, max_seen: int) -
                + 4 * state_size + 8 + 8 + 8 * max_seen)
 
 
+def request_memory_bound(limits: ServingLimits, n_items: int, state_size: int, k: int) -> int:
+    """Bytes one request of any signature may add to the server's peak memory, its own input
+    tensors included, with `limits` resolved for `n_items` items (item ids of at most 32 bytes
+    assumed; sessions are held apart, in `session_memory_bytes`).
+
+    The score matrices of one chunk (`scoring_memory_bytes`), plus per request row: its
+    [T] item ids as fed, looked up and masked (`REQUEST_ITEM_BYTES` each), its session id,
+    its state in and out with the GRU's gates, its top-K ids and scores; plus
+    `REQUEST_FIXED_BYTES` for the runtime's own allocations.
+    """
+    limits = limits.resolved(n_items)
+    per_row = (limits.max_session_length * REQUEST_ITEM_BYTES + 4 * limits.max_id_bytes
+               + 64 * state_size + 96 * k + 1024)
+    return int(limits.scoring_memory_bytes + limits.max_request_rows * per_row
+               + REQUEST_FIXED_BYTES)
+
+
 def effective_capacity(session_capacity: int, limits: ServingLimits, state_size: int,
                        max_seen: int) -> int:
     """The session capacity, lowered so that its worst case fits the memory budget."""
@@ -604,6 +718,25 @@ def effective_capacity(session_capacity: int, limits: ServingLimits, state_size:
                          f"than one session's worst case "
                          f"({session_bytes_bound(limits, state_size, max_seen)} bytes)")
     return int(min(session_capacity, by_memory))
+
+
+def _shape_check(name: str, tensor, sessions: bool):
+    """An assertion that `tensor` has the rank and fixed dimensions of its signature (its
+    static shape), with a message naming it, its expected shape ([B], [B, T], [B, 22]) and
+    the shape received."""
+    expected = tensor.shape.as_list()
+    labels = ", ".join("B" if i == 0 else ("T" if sessions else "?") if d is None else str(d)
+                       for i, d in enumerate(expected))
+    shape = tf.shape(tensor, out_type=tf.int64)
+    # The rank is read from the shape's values padded with -1, not from its size: the static
+    # shape makes Grappler fold tf.size(tf.shape(x)) or tf.rank(x) into a constant, so such a
+    # check would pass whatever is fed.
+    rank = len(expected)
+    padded = tf.concat([shape, tf.fill([rank + 1], tf.constant(-1, tf.int64))], axis=0)
+    wanted = tf.constant([-2 if d is None else d for d in expected] + [-1], tf.int64)
+    got = padded[:rank + 1]
+    ok = tf.reduce_all(tf.where(wanted == -2, got >= 0, tf.equal(got, wanted)))
+    return _require(ok, f"`{name}` should have shape [{labels}]; received shape {{}}", shape)
 
 
 def _require(condition, template: str, *values):

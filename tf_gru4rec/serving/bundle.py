@@ -6,17 +6,23 @@ loader imports the MetaGraph tagged `serve` into a fresh graph, runs the saver's
 assets), and then serves each request by feeding and fetching the tensors named in the
 signature's SignatureDef. `tf.compat.v1.saved_model.loader.load` in a `tf.compat.v1.Session` is
 that same path in Python (and `saved_model_cli run` uses it), so a version that works here
-works in TF Serving, and one that fails here fails there.
+works in TF Serving, and one that fails here fails there. Requests run through the C++
+session's callables (`Session::MakeCallable`), which, like TF Serving, feed tensors without
+Python's check of their shapes against the placeholders: the graph checks ranks and shapes
+itself, with the same messages here as on TF Serving (`tf_gru4rec.serving.capi` loads a
+version through the C API to compare).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ class SessionBundle:
             raise
         self.signature_defs = {name: sig for name, sig in meta_graph.signature_def.items()
                                if not name.startswith("__")}
+        self._callables: dict = {}
+        self._callables_lock = threading.Lock()
 
     def input_infos(self, signature: str) -> dict:
         """Input name -> (numpy dtype, shape with None for unknown dimensions)."""
@@ -63,14 +71,15 @@ class SessionBundle:
                 for key, info in self._signature(signature).outputs.items()}
 
     def check_inputs(self, signature: str, inputs: dict, cast_numbers: bool = False) -> dict:
-        """Validate numpy inputs against the SignatureDef: exactly its input names, its dtypes
-        (numbers are cast with `cast_numbers`, as TF Serving's REST API does for JSON) and
-        compatible shapes. Returns the inputs ready to feed; raises `SignatureError`."""
+        """Validate numpy inputs against the SignatureDef: exactly its input names and its
+        dtypes (numbers are cast with `cast_numbers`, as TF Serving's REST API does for JSON).
+        Shapes are the graph's to check. Returns the inputs ready to feed; raises
+        `SignatureError`."""
         infos = self.input_infos(signature)
         if set(inputs) != set(infos):
             raise SignatureError(f"signature {signature!r} expects inputs {sorted(infos)}; "
                                  f"received {sorted(inputs)}")
-        return {key: _check_input(signature, key, inputs[key], *infos[key], cast_numbers)
+        return {key: _check_input(signature, key, inputs[key], infos[key][0], cast_numbers)
                 for key in infos}
 
     def run(self, signature: str, inputs: dict, output_filter=()) -> dict:
@@ -84,9 +93,31 @@ class SessionBundle:
         if unknown:
             raise SignatureError(f"output_filter names unknown outputs {sorted(unknown)} of "
                                  f"signature {signature!r}; outputs: {sorted(sig.outputs)}")
-        wanted = list(output_filter) or list(sig.outputs)
-        feed = {sig.inputs[key].name: value for key, value in inputs.items()}
-        return self.session.run({key: sig.outputs[key].name for key in wanted}, feed)
+        wanted = tuple(output_filter) or tuple(sig.outputs)
+        keys = tuple(inputs)
+        unknown = set(keys) - set(sig.inputs)
+        if unknown:
+            raise SignatureError(f"signature {signature!r} has no inputs {sorted(unknown)}")
+        run = self._callable(signature, keys, wanted)
+        # Numbers converted to the signature's dtype, as Session.run converts feeds.
+        dtypes = {key: _dtype_shape(sig.inputs[key])[0] for key in keys}
+        values = run(*[np.asarray(inputs[key], dtype=None if dtypes[key] is object
+                                  else dtypes[key]) for key in keys])
+        return dict(zip(wanted, values, strict=True))
+
+    def _callable(self, signature: str, keys: tuple, wanted: tuple):
+        """The session's callable feeding `keys` and fetching `wanted` of a signature (made
+        once per combination)."""
+        with self._callables_lock:
+            found = self._callables.get((signature, keys, wanted))
+            if found is None:
+                sig = self.signature_defs[signature]
+                options = config_pb2.CallableOptions(
+                    feed=[sig.inputs[key].name for key in keys],
+                    fetch=[sig.outputs[key].name for key in wanted])
+                found = self.session._make_callable_from_options(options)  # noqa: SLF001
+                self._callables[(signature, keys, wanted)] = found
+        return found
 
     def warmup_requests(self):
         """The (signature name, numpy inputs) of each predict record in
@@ -150,7 +181,7 @@ def _dtype_shape(info):
         else object, shape
 
 
-def _check_input(signature: str, key: str, value, dtype, shape, cast_numbers: bool):
+def _check_input(signature: str, key: str, value, dtype, cast_numbers: bool):
     value = np.asarray(value)
     if dtype is object:
         if value.dtype.kind not in "OSU":
@@ -167,9 +198,4 @@ def _check_input(signature: str, key: str, value, dtype, shape, cast_numbers: bo
             raise SignatureError(f"{signature}: input {key!r} should be "
                                  f"{np.dtype(dtype).name}; received {value.dtype}")
         value = value.astype(dtype, copy=False)
-    if shape is not None and (value.ndim != len(shape) or any(
-            d is not None and d != n for d, n in zip(shape, value.shape, strict=True))):
-        raise SignatureError(f"{signature}: input {key!r} should have shape "
-                             f"[{', '.join('-1' if d is None else str(d) for d in shape)}]; "
-                             f"received {list(value.shape)}")
     return value

@@ -94,8 +94,11 @@ class Servable:
 
     def session_count(self) -> int:
         """Sessions in the stateful signature's table (a test and monitoring aid)."""
-        return int(self.bundle.run("session_count", {})["count"]) \
-            if "session_count" in self.signature_defs else -1
+        if "session_count" not in self.signature_defs:
+            return -1
+        probe = {"probe": np.zeros(1, np.int32)} \
+            if self.signature_defs["session_count"].inputs else {}  # older exports: none
+        return int(np.reshape(self.bundle.run("session_count", probe)["count"], -1)[0])
 
     def close(self) -> None:
         self.bundle.close()

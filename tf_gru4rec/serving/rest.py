@@ -1,19 +1,26 @@
 """The development server's REST endpoint, shaped like TF Serving's REST API.
 
 `POST /v1/models/<name>[/versions/<v>]:predict` with columnar `"inputs"` or row `"instances"`,
-`GET /v1/models/<name>[/versions/<v>]` (status) and `.../metadata`. Every bad request gets a
-4xx answer with `{"error": message}` and the server keeps serving: a body over
-`MAX_BODY_BYTES` (413), a missing, negative or absurd Content-Length (400/411/413), invalid or
-too deeply nested JSON (400), numbers that overflow the signature's dtype (400). Each
-connection has a socket timeout, so a client that sends less than it announced cannot hold a
-handler thread forever.
+`GET /v1/models/<name>[/versions/<v>]` (status) and `.../metadata`. As in TF Serving's JSON
+API, a string may be sent as `{"b64": "<base64>"}`, a row-format answer of a one-output
+signature lists the values without the output's name, and non-finite floats are written as
+the strings "NaN", "Infinity" and "-Infinity" (never as bare NaN, which is not JSON). Every bad
+request gets a 4xx answer with `{"error": message}` and the server keeps serving: a body over
+`MAX_BODY_BYTES` (413, after reading and discarding up to `MAX_DRAIN_BYTES` of it so that the
+client reads the answer instead of a reset connection; at once to a client that sent
+`Expect: 100-continue`), a missing, negative or absurd Content-Length (400/411/413), invalid or
+too deeply nested JSON (400), bad base64 (400), numbers that overflow the signature's dtype
+(400). Each connection has a socket timeout, so a client that sends less than it announced
+cannot hold a handler thread forever.
 """
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import logging
+import math
 import re
 
 import grpc
@@ -31,6 +38,7 @@ from tf_gru4rec.serving.dev_server import (
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_DRAIN_BYTES = 1024 * 1024 * 1024  # a larger body is refused without reading it
 MAX_JSON_DEPTH = 32
 _TOO_DEEP = object()
 SOCKET_TIMEOUT_SECONDS = 30.0
@@ -69,7 +77,11 @@ def _make_handler(manager: ModelManager, socket_timeout: float):
             logger.debug("rest: " + fmt, *args)
 
         def _send(self, code: int, body: dict, close: bool = False):
-            data = json.dumps(body).encode("utf-8")
+            try:
+                data = json.dumps(body, allow_nan=False)
+            except ValueError:  # a non-finite float somewhere: rare, so walk the body then
+                data = json.dumps(_finite_json(body), allow_nan=False)
+            data = data.encode("utf-8")
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -116,6 +128,14 @@ def _make_handler(manager: ModelManager, socket_timeout: float):
                 logger.exception("rest: unexpected error")
                 self._send(500, {"error": f"{type(error).__name__}: {error}"})
 
+        def handle_expect_100(self):
+            """Refuse a body over the limit before the client sends it."""
+            length = (self.headers.get("Content-Length") or "").strip()
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                self._send(413, {"error": _too_large(int(length))}, close=True)
+                return False
+            return super().handle_expect_100()
+
         def do_GET(self):
             self._handle("GET")
 
@@ -138,8 +158,8 @@ def parse_body(content_length: str | None, read) -> dict:
                              f"{content_length[:40]!r}")
     length = int(content_length)
     if length > MAX_BODY_BYTES:
-        raise HttpError(413, f"the request body is {length} bytes; the limit is "
-                             f"{MAX_BODY_BYTES}")
+        _drain(read, length)
+        raise HttpError(413, _too_large(length))
     data = read(length)
     if len(data) < length:
         raise HttpError(400, f"the request body ended after {len(data)} of {length} bytes")
@@ -158,6 +178,21 @@ def parse_body(content_length: str | None, read) -> dict:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            "the request body should be a JSON object")
     return body
+
+
+def _too_large(length: int) -> str:
+    return f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}"
+
+
+def _drain(read, length: int) -> None:
+    """Read and discard a body of `length` bytes (at most `MAX_DRAIN_BYTES`), so that closing
+    the connection after the answer does not reset it under a client still sending."""
+    remaining = length if length <= MAX_DRAIN_BYTES else 0
+    while remaining > 0:
+        chunk = read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def _reject_constant(name: str):
@@ -217,10 +252,16 @@ def _predict(servable: Servable, body: dict) -> dict:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
     inputs = {key: _to_array(key, value, infos.get(key, (None, None))[0])
               for key, value in raw.items()}
-    outputs = servable.run(signature, inputs, strict_dtypes=False)
-    outputs = {k: _jsonable(v) for k, v in outputs.items()}
+    arrays = servable.run(signature, inputs, strict_dtypes=False)
+    outputs = {k: _jsonable(v) for k, v in arrays.items()}
     if columnar:
         return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+    if any(np.ndim(v) == 0 for v in arrays.values()):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"signature {signature!r} has outputs without a batch dimension; "
+                           f"send columnar \"inputs\" instead of \"instances\"")
+    if len(outputs) == 1:  # TF Serving leaves out the name of a single output
+        return {"predictions": next(iter(outputs.values()))}
     n = len(next(iter(outputs.values())))
     return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
 
@@ -230,9 +271,13 @@ def _to_array(key: str, value, dtype) -> np.ndarray:
     try:
         if dtype is object:
             array = np.asarray(value, dtype=object)
-            if any(not isinstance(v, str) for v in array.ravel()):
-                raise ValueError("expected strings")
-            return array
+            flat = array.ravel()
+            for n, v in enumerate(flat):
+                if isinstance(v, dict) and set(v) == {"b64"} and isinstance(v["b64"], str):
+                    flat[n] = base64.b64decode(v["b64"], validate=True)
+                elif not isinstance(v, str):
+                    raise ValueError('expected strings (or {"b64": "<base64>"} objects)')
+            return flat.reshape(array.shape)
         array = np.asarray(value)
         if array.dtype == object or array.dtype.kind not in "biuf":
             raise ValueError("expected numbers in a rectangular array")
@@ -244,9 +289,20 @@ def _to_array(key: str, value, dtype) -> np.ndarray:
                 raise OverflowError(f"a number does not fit {np.dtype(dtype).name}")
             array = cast
         return array
-    except (TypeError, ValueError, OverflowError, FloatingPointError) as error:
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as error:  # bad base64 too
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: {str(error)[:200]}") from None
+
+
+def _finite_json(value):
+    """`value` with non-finite floats replaced by "NaN", "Infinity" or "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    return value
 
 
 def _jsonable(array: np.ndarray):
