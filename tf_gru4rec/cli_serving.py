@@ -99,7 +99,7 @@ def cmd_replay(args) -> int:
         result = replay(args.target, args.test, model_name=args.model_name,
                         cutoffs=args.cutoffs, tie_mode=args.tie_mode,
                         batch_size=args.batch_size, timeout=args.timeout,
-                        read_options=read_options)
+                        read_options=read_options, wait=args.wait)
     except ServingError as error:
         fail("replay", f"the server at {args.target} failed: {error}")
         return 3
@@ -178,5 +178,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="session-parallel slots per request (as `evaluate --batch-size`)")
     p.add_argument("--timeout", type=types.number(0, low_open=True), default=30.0,
                    help="seconds per request")
+    p.add_argument("--wait", type=types.number(0), default=120.0,
+                   help="seconds to wait for a server that is still starting or loading the "
+                        "model, e.g. just started with `serve &` (default: 120; 0: no wait)")
     _add_read_options(p)
     p.set_defaults(func=cmd_replay)

@@ -119,10 +119,11 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
             epoch, step = point.epoch, point.step
         callbacks.append(backup)  # it records the logs the others have completed
     if verbose != 0:  # steps with a known total instead of Keras' blocks of unknown number
-        callbacks.append(StepProgress(source, config.n_epochs, 1 if verbose == "auto" else
-                                      verbose))
-    logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
-                source.steps_per_epoch(), config.batch_size, config.n_epochs)
+        callbacks.append(StepProgress(source, config.n_epochs, verbose))
+    logger.info("training on %d events, %d predictions per epoch (each event but its "
+                "session's last; %d steps of %d slots), %d epochs", log.n_events,
+                log.n_predictions, source.steps_per_epoch(), config.batch_size,
+                config.n_epochs)
     start = time.perf_counter()
     histories = []
     with warnings.catch_warnings():
