@@ -413,10 +413,10 @@ def _metrics(result):
 def test_replay_cli_equals_evaluate_cli(synthetic_served, capsys):
     s = synthetic_served
     assert cli.main(["evaluate", "--model", s["model_dir"], "--test", s["test_file"],
-                     "--batch-size", "32"]) == 0
+                     "--batch-size", "32", "--json"]) == 0
     offline = json.loads(capsys.readouterr().out)
     assert cli.main(["replay", "--target", s["server"].target, "--test", s["test_file"],
-                     "--batch-size", "32"]) == 0
+                     "--batch-size", "32", "--json"]) == 0
     served = json.loads(capsys.readouterr().out)
     assert offline["test_events"] > 300
     assert _metrics(served) == _metrics(offline)  # exactly, every cutoff

@@ -85,7 +85,7 @@ def cmd_replay(args) -> int:
     from tf_gru4rec.extras import require
 
     require("replay", "grpc", "tensorflow_serving")
-    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.cli import _results_out
     from tf_gru4rec.cli_types import fail
     from tf_gru4rec.paths import check_input_file
     from tf_gru4rec.serving.client import ServingError
@@ -103,7 +103,7 @@ def cmd_replay(args) -> int:
     except ServingError as error:
         fail("replay", f"the server at {args.target} failed: {error}")
         return 3
-    _json_out(result)
+    _results_out({f"served ({args.target})": result} if not args.json else result, args.json)
     return 0
 
 
@@ -112,7 +112,7 @@ def _popular(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tf_gru4rec.cli import _add_read_options
+    from tf_gru4rec.cli import _add_read_options, add_json_option
 
     p = subparsers.add_parser(
         "export", help="write a TF Serving SavedModel version of a trained model")
@@ -181,5 +181,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=types.number(0), default=120.0,
                    help="seconds to wait for a server that is still starting or loading the "
                         "model, e.g. just started with `serve &` (default: 120; 0: no wait)")
+    add_json_option(p)
     _add_read_options(p)
     p.set_defaults(func=cmd_replay)

@@ -98,8 +98,11 @@ _FINDER = _Finder()
 
 
 def hide_startup_lines() -> None:
-    """Set TF_CPP_MIN_LOG_LEVEL=2 (unless set) and make the first TensorFlow import quiet."""
+    """Set TF_CPP_MIN_LOG_LEVEL=2 (unless set), make the first TensorFlow import quiet, and
+    keep TensorFlow's Python INFO lines (each collective of `--workers`, the strategy's
+    set-up) out of our INFO log: its warnings and errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     if "tensorflow" not in sys.modules and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 
