@@ -102,7 +102,8 @@ def _table_row(out: str, name: str) -> dict:
     """The row `name` of the last metrics table in `out` that has one."""
     lines = out.splitlines()
     at = max(i for i, line in enumerate(lines) if line.startswith(name + " "))
-    header = lines[at - 1].replace("test events", "test_events").lower().split()
+    top = max(i for i in range(at) if lines[i].startswith(" "))  # the header: no row name
+    header = lines[top].replace("test events", "test_events").lower().split()
     return dict(zip(header, lines[at][len(name):].split(), strict=True))
 
 
