@@ -1,6 +1,7 @@
-"""Plants each wiring bug of issue 12 in a copy of the tracked files and runs default tests.
+"""Plants each wiring bug of issues 12 and 21 in a copy of the tracked files and runs default
+tests.
 
-    python tools/plant_bugs.py            # ~5 min on 2 cores; prints the failing tests per bug
+    python tools/plant_bugs.py            # ~8 min on 2 cores; prints the failing tests per bug
 
 Each bug must fail at least one default (non-slow) test. The copy lives in a temporary
 directory; the working tree is never modified.
@@ -16,7 +17,8 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_sampled_loss.py", "tests/test_config_wiring.py", "tests/test_warm_start.py"]
-# name: (file, original text, planted text)
+# name: (file, original text, planted text[, the pytest arguments: default TESTS])
+SHARDS = ["tests/test_shards.py", "-k", "not caps"]  # the memory-capped test takes a minute
 PLANTS = {
     "bpreg not passed to bpr-max": (
         "tf_gru4rec/model.py", "return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)",
@@ -40,6 +42,26 @@ PLANTS = {
     "warm start drops old weights (CLI)": (
         "tf_gru4rec/cli.py", "model = grow_model(previous.model, previous.vocabulary, vocabulary)",
         "model = None"),
+    # issue 21: each passed every default test before it
+    "shards: only the last chunk decides a column's id type": (
+        "tf_gru4rec/data/prepare_shards.py", "all_int[col] &= is_int", "all_int[col] = is_int",
+        SHARDS),
+    "shards: item vocabulary kept as text": (
+        "tf_gru4rec/data/shards.py", "    ids = normalise_ids(raw_ids, path)",
+        "    return raw_ids", SHARDS),
+    "time-unit auto by the smallest time": (
+        "tf_gru4rec/data/raw_log.py", "np.nanmedian(values)", "np.nanmin(values)",
+        ["tests/test_prepare_log.py"]),
+    "offsets in hours read as 6 minutes": (
+        "tf_gru4rec/data/raw_log.py", '"h": 3600.0', '"h": 360.0', ["tests/test_prepare_log.py"]),
+    "offsets in minutes read as 6 seconds": (
+        "tf_gru4rec/data/raw_log.py", '"min": 60.0', '"min": 6.0', ["tests/test_prepare_log.py"]),
+    "warm start: new item rows zeros": (
+        "tf_gru4rec/warm_start.py", "fresh = weight.numpy()",
+        "fresh = np.zeros(weight.shape, weight.dtype)", ["tests/test_warm_start.py"]),
+    "a Keras optimizer ignores momentum": (
+        "tf_gru4rec/training.py", 'options["momentum"] = config.momentum', "pass",
+        ["tests/test_config_wiring.py"]),
 }
 
 
@@ -54,14 +76,15 @@ def main() -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes((REPO / name).read_bytes())
         env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        for bug, (path, original, planted) in PLANTS.items():
+        for bug, (path, original, planted, *tests) in PLANTS.items():
             source = root / path
             text = source.read_text()
             if text.count(original) != 1:
                 raise SystemExit(f"{bug}: the code to plant it in has changed ({path})")
             source.write_text(text.replace(original, planted))
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                  *TESTS], cwd=root, env=env, capture_output=True, text=True)
+                                  *(tests[0] if tests else TESTS)], cwd=root, env=env,
+                                 capture_output=True, text=True)
             source.write_text(text)
             failed = sorted({line.split()[1].split("[")[0] for line in run.stdout.splitlines()
                              if line.startswith("FAILED")})
