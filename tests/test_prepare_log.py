@@ -239,6 +239,9 @@ def test_a_row_filter_on_a_missing_column_names_the_columns(tmp_path, capsys):
     assert _prepare(_hand_log(tmp_path), tmp_path / "out", "--keep", "kind=click") == 2
     line = _error(capsys)
     assert "'kind'" in line and "missing column" in line
+    assert _prepare(_hand_log(tmp_path), tmp_path / "out", "--drop", "kind") == 2
+    line = _error(capsys)
+    assert "--drop 'kind'" in line and "COLUMN=VALUE" in line
 
 
 def test_collapse_repeats_keeps_one_event_per_run_of_an_item(tmp_path, capsys):
@@ -285,7 +288,9 @@ def test_the_test_period_in_hours_or_from_an_absolute_time(tmp_path, capsys, opt
     assert f"test split at {split['cut_date']}" in table and str(int(cut)) not in table
 
 
-def test_a_two_day_log_has_a_validation_split_in_hours(tmp_path, caplog):
+@pytest.mark.parametrize("valid", [["--valid-hours", "6"],
+                                   ["--valid-start", "2023-11-14T19:00:00"]])
+def test_a_two_day_log_has_a_validation_split_in_hours(tmp_path, caplog, valid):
     rows = [(s, item, h * 3600 + k * 60) for s, h in ((1, 1), (2, 3), (3, 5), (4, 20),
                                                       (5, 22), (6, 40), (7, 46))
             for k, item in enumerate("ABC")]
@@ -293,7 +298,7 @@ def test_a_two_day_log_has_a_validation_split_in_hours(tmp_path, caplog):
     frame["Time"] = T0 + frame.pop("t")
     path = _write(tmp_path / "log.tsv", frame, "\t")
     caplog.set_level("INFO")
-    assert _prepare(path, tmp_path / "out", "--test-hours", "12", "--valid-hours", "6") == 0
+    assert _prepare(path, tmp_path / "out", "--test-hours", "12", *valid) == 0
     sessions = {name: sorted(read_events(tmp_path / "out" / f"{name}.tsv")["SessionId"].unique())
                 for name in ("train", "valid", "test")}
     assert sessions == {"train": [1, 2, 3], "valid": [4, 5], "test": [6, 7]}

@@ -107,8 +107,14 @@ def _read_options(args) -> dict:
 def _row_filters(args) -> list:
     from tf_gru4rec.data.row_filter import RowFilter
 
-    return [*(RowFilter.parse(text, keep=True) for text in args.keep or ()),
-            *(RowFilter.parse(text, keep=False) for text in args.drop or ())]
+    filters = []
+    for option, texts, keep in (("--keep", args.keep, True), ("--drop", args.drop, False)):
+        for text in texts or ():
+            try:
+                filters.append(RowFilter.parse(text, keep))
+            except ValueError as error:
+                raise ValueError(f"{option} {text!r}: {error}") from None
+    return filters
 
 
 def _protocol_options(args) -> dict:

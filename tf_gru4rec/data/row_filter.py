@@ -27,8 +27,8 @@ class RowFilter:
         column, sep, values = text.partition("=")
         parts = tuple(v.strip() for v in values.split(",")) if sep else ()
         if not column.strip() or not parts or not all(parts):
-            raise ValueError(f"expected COLUMN=VALUE[,VALUE...], e.g. "
-                             f"action_type=clickout item. Received: {text!r}")
+            raise ValueError("expected COLUMN=VALUE[,VALUE...], e.g. "
+                             "'action_type=clickout item,search for item'")
         return cls(column.strip(), parts, keep)
 
     def mask(self, frame: pd.DataFrame) -> np.ndarray:
