@@ -236,7 +236,8 @@ def register(subparsers) -> None:
     q.add_argument("--time-col", default="Time",
                    help="time column: unix seconds or milliseconds, or ISO 8601 strings")
     q.add_argument("--time-unit", choices=("auto", "s", "ms"), default="auto",
-                   help="unit of a numeric --time-col (auto: above 1e11 is milliseconds)")
+                   help="unit of a numeric --time-col (auto: a median above 1e11 is "
+                        "milliseconds)")
     q.add_argument("--date-col", help="the time as a date column (ISO 8601) instead of "
                                       "--time-col, plus the optional --offset-col")
     q.add_argument("--offset-col", help="offset after --date-col (e.g. seconds in the day)")
