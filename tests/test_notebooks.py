@@ -40,6 +40,7 @@ def test_committed_notebook_is_executed_with_its_outputs(path):
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                    for o in outputs)
     assert "\x1b[" not in text and "TF_GRU4REC_NB_SMALL" not in text
+    assert "WARNING:tensorflow" not in text and "oneDNN" not in text  # no noise to read past
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
