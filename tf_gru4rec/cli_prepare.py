@@ -252,7 +252,7 @@ def register(subparsers) -> None:
                       help="drop the rows whose COLUMN is one of the values (repeatable)")
     rows.add_argument("--collapse-repeats", action="store_true",
                       help="collapse consecutive events of the same item in a session into "
-                           "one (before the filters below)")
+                           "one (before the session-length and item-support filters)")
     _add_filter_options(q)
     period = types.number(0, low_open=True)
     split = q.add_argument_group(
