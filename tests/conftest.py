@@ -31,6 +31,21 @@ def rsc15_paths():
     return train, test
 
 
+def trivago_file() -> str:
+    """The trivago RecSys 2019 sample, as published: $TF_GRU4REC_TRIVAGO, else
+    ../shared/data/trivago_100k/trivago_val_100k.parquet.snappy."""
+    return os.environ.get("TF_GRU4REC_TRIVAGO", os.path.join(
+        REPO, "..", "shared", "data", "trivago_100k", "trivago_val_100k.parquet.snappy"))
+
+
+@pytest.fixture(scope="session")
+def trivago_path():
+    path = trivago_file()
+    if not os.path.exists(path):
+        pytest.skip(f"the trivago sample not found at {path} (set TF_GRU4REC_TRIVAGO)")
+    return path
+
+
 def frame(rows) -> pd.DataFrame:
     """Event frame from (session, item, time) rows."""
     return pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"]).astype(

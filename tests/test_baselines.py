@@ -370,7 +370,7 @@ def test_cli_baselines(tmp_path, capsys):
     write(tmp_path / "test.tsv", TEST + [[5, 99]], 100)  # item 199 is unknown: dropped
     code = main(["baselines", "--train", str(tmp_path / "train.tsv"),
                  "--test", str(tmp_path / "test.tsv"), "--names", "pop", "spop", "itemknn",
-                 "--cutoffs", "1", "5"])
+                 "--cutoffs", "1", "5", "--json"])
     assert code == 0
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"pop", "spop", "itemknn"}
@@ -380,6 +380,15 @@ def test_cli_baselines(tmp_path, capsys):
     assert results["pop"]["mrr@5"] == pytest.approx(0.375)
     # S-POP conservative ranks 3, 6, 1, 2.
     assert results["spop"]["mrr@5"] == pytest.approx((1 / 3 + 1 + 1 / 2) / 4)
+    # Without --json: a table, one row per baseline, the same numbers to 4 decimals.
+    assert main(["baselines", "--train", str(tmp_path / "train.tsv"), "--test",
+                 str(tmp_path / "test.tsv"), "--names", "pop", "spop", "--cutoffs", "1",
+                 "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["Recall@1", "Recall@5", "MRR@1", "MRR@5", "test", "events"]
+    assert lines[1].split() == ["pop", f"{results['pop']['recall@1']:.4f}", "0.5000",
+                                f"{results['pop']['mrr@1']:.4f}", "0.3750", "4"]
+    assert lines[2].split()[0] == "spop" and len(lines) == 3
 
 
 def test_cli_module_is_light_and_in_sync():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tf_gru4rec.cli import main
@@ -31,13 +32,25 @@ def test_train_writes_model_and_metrics_and_evaluate_agrees(files, tmp_path, cap
     for key in ("recall@20", "mrr@20", "recall@5", "train_seconds", "train_events_per_second",
                 "test_events"):
         assert key in metrics
+    # train_events: all epochs; per epoch, each training event but its session's last
+    train = pd.read_csv(files / "train.tsv", sep="\t")
+    per_epoch = len(train) - train["SessionId"].nunique()
+    assert metrics["train_events_per_epoch"] == per_epoch
+    assert metrics["train_events"] == per_epoch * metrics["train_epochs"]
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["epoch"] == 1
     capsys.readouterr()
     assert main(["-v", "WARNING", "evaluate", "--model", str(model_dir), "--test",
-                 str(files / "test.tsv")]) == 0
+                 str(files / "test.tsv"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["recall@20"] == pytest.approx(metrics["recall@20"])
     assert again["mrr@20"] == pytest.approx(metrics["mrr@20"])
+    assert main(["-v", "WARNING", "evaluate", "--model", str(model_dir), "--test",
+                 str(files / "test.tsv")]) == 0  # a table by default
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["Recall@1", "Recall@5"] and "MRR@20" in header
+    assert row.split()[0] == str(model_dir)
+    assert row.split()[5] == f"{again['mrr@1']:.4f}" and row.split()[-1] == str(
+        again["test_events"])
 
 
 @pytest.mark.parametrize("cell", ["reset-before", "reset-after"])

@@ -8,6 +8,7 @@ import pytest
 
 from tf_gru4rec import input_pipeline
 from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.config_checks import check_config
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
 from tf_gru4rec.data.vocabulary import ItemVocabulary
@@ -132,13 +133,22 @@ def test_embedding_mode_decides_the_input_of_the_first_layer(mode, name):
         assert model.input_embedding is None and model.gru.input_kernels[0].shape == (20, 24)
 
 
-@pytest.mark.parametrize("optimizer", ["adagradm", "adam"])
+@pytest.mark.parametrize("optimizer", ["adagradm", "sgd", "rmsprop"])
 def test_learning_rate_and_momentum_reach_the_optimizer(optimizer):
     config = TINY.replace(optimizer=optimizer, learning_rate=0.03, momentum=0.4)
     model = build_model(config, 20)
     assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(0.03)
-    if optimizer == "adagradm":
-        assert model.optimizer.momentum == pytest.approx(0.4)
+    assert model.optimizer.momentum == pytest.approx(0.4)
+
+
+def test_an_optimizer_without_momentum_refuses_one_and_takes_the_learning_rate():
+    config = TINY.replace(optimizer="adam", learning_rate=0.03, momentum=0.4)
+    with pytest.raises(ValueError, match="'momentum' is not used by optimizer 'adam'"):
+        check_config(config)
+    with pytest.raises(ValueError, match="momentum=0"):
+        build_model(config, 20)
+    model = build_model(config.replace(momentum=0.0), 20)
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(0.03)
 
 
 def test_momentum_changes_the_second_update(tiny_log):

@@ -73,3 +73,21 @@ def test_empty_file_and_missing_file(tmp_path):
         read_events(path)
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
         read_events(tmp_path / "nope.tsv")
+
+
+def test_the_format_is_read_from_the_content_not_the_name(tmp_path, tiny_events):
+    """A Parquet file named .parquet.snappy (the trivago sample) and gzip text without .gz."""
+    parquet = tmp_path / "log.parquet.snappy"
+    tiny_events.to_parquet(parquet, index=False)
+    pd.testing.assert_frame_equal(read_events(parquet), tiny_events)
+    gzipped = tmp_path / "log.tsv"
+    with gzip.open(gzipped, "wt") as f:
+        tiny_events.to_csv(f, sep="\t", index=False)
+    pd.testing.assert_frame_equal(read_events(gzipped), tiny_events)
+
+
+def test_binary_content_read_as_text_names_the_file_and_the_formats(tmp_path):
+    path = tmp_path / "log.tsv"
+    path.write_bytes(b"SessionId\tItemId\tTime\n1\t\xa0\xff\t3\n")
+    with pytest.raises(DataError, match=r"log\.tsv: not UTF-8 text .*gzip.*Parquet"):
+        read_events(path)

@@ -179,3 +179,154 @@ def test_a_directory_with_other_content_is_refused(tmp_path, capsys):
     assert "other content" in _error(capsys)
     assert _prepare(path, tmp_path / "out2") == 0
     assert _prepare(path, tmp_path / "out2") == 0  # an earlier output is replaced
+
+
+def _hand_log(tmp_path, name: str = "log.tsv") -> str:
+    return _write(tmp_path / name, _frame().rename(columns={"ts": "Time"}), "\t")
+
+
+@pytest.mark.parametrize("kind", ["parquet", "gzip", "text"])
+def test_the_format_is_read_from_the_content_not_the_name(tmp_path, kind):
+    frame = _frame().rename(columns={"ts": "Time"})
+    path = tmp_path / "log.parquet.snappy"  # the trivago sample's name, whatever the content
+    if kind == "parquet":
+        frame.to_parquet(path, index=False)
+    elif kind == "gzip":
+        frame.to_csv(path, sep="\t", index=False, compression="gzip")
+    else:
+        frame.to_csv(path, sep="\t", index=False)
+    assert _prepare(path, tmp_path / "out") == 0
+    _check_hand_outputs(tmp_path / "out")
+
+
+def test_a_binary_file_that_is_not_a_log_names_the_file_and_the_formats(tmp_path, capsys):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"SessionId,ItemId,Time\n1,\xa0\xff,3\n")
+    assert _prepare(path, tmp_path / "out") == 2
+    line = _error(capsys)
+    assert "log.csv" in line and "UTF-8" in line and "Parquet" in line and "gzip" in line
+
+
+def _with_other_actions(frame: pd.DataFrame) -> pd.DataFrame:
+    """The hand log plus non-item rows (a sort, a filter) in its sessions, as in a real log."""
+    frame = frame.assign(action="clickout item")
+    noise = pd.DataFrame({"session": [1, 2, 7, 9], "item": ["Sort by Price", "", "Focus", "x"],
+                          "action": ["change of sort order", "filter selection",
+                                     "filter selection", "change of sort order"]})
+    noise["Time"] = [T0 + 5, T0 + 105, T0 + 2 * DAY + 5, T0 + 2 * DAY + 205]
+    return pd.concat([frame, noise], ignore_index=True)
+
+
+@pytest.mark.parametrize("option", [
+    ["--keep", "action=clickout item,interaction item image"],
+    ["--drop", "action=change of sort order,filter selection"],
+])
+def test_row_filters_keep_the_item_events_and_are_reported(tmp_path, capsys, option):
+    frame = _with_other_actions(_frame().rename(columns={"ts": "Time"}))
+    path = _write(tmp_path / "log.csv", frame, ",")
+    assert _prepare(path, tmp_path / "out", *option) == 0
+    _check_hand_outputs(tmp_path / "out")  # an empty item id, "Sort by Price": gone
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    kind, values = option[0][2:], option[1].split("=")[1].split(",")
+    assert report["read"] == {"rows": 23, "row_filters": [
+        {"column": "action", kind: values, "rows_removed": 4}]}
+    assert report["input"]["events"] == 19
+    table = capsys.readouterr().out
+    assert "rows read" in table and "row filter action" in table and "-4" in table
+
+
+def test_a_row_filter_on_a_missing_column_names_the_columns(tmp_path, capsys):
+    assert _prepare(_hand_log(tmp_path), tmp_path / "out", "--keep", "kind=click") == 2
+    line = _error(capsys)
+    assert "'kind'" in line and "missing column" in line
+    assert _prepare(_hand_log(tmp_path), tmp_path / "out", "--drop", "kind") == 2
+    line = _error(capsys)
+    assert "--drop 'kind'" in line and "COLUMN=VALUE" in line
+
+
+def test_collapse_repeats_keeps_one_event_per_run_of_an_item(tmp_path, capsys):
+    rows = [(1, "A", 0), (1, "A", 5), (1, "B", 6), (1, "B", 6), (1, "A", 9),  # A A B B A
+            (2, "B", 20), (2, "C", 21), (2, "C", 22),
+            (3, "C", 30), (3, "C", 31),                                    # one event left
+            (4, "A", DAY), (4, "B", DAY + 1), (4, "B", DAY + 2)]
+    frame = pd.DataFrame(rows, columns=["session", "item", "t"])
+    frame["Time"] = T0 + frame.pop("t")
+    path = _write(tmp_path / "log.tsv", frame.iloc[::-1], "\t")  # any input order
+    assert _prepare(path, tmp_path / "out", "--collapse-repeats", "--min-item-support", "1",
+                    "--test-hours", "12") == 0
+    train = read_events(tmp_path / "out" / "train.tsv")
+    assert list(train["ItemId"]) == ["A", "B", "A", "B", "C"]
+    assert list(train["Time"]) == [T0 + t for t in (0, 6, 9, 20, 21)]
+    test = read_events(tmp_path / "out" / "test.tsv")
+    assert list(test["ItemId"]) == ["A", "B"]
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert report["collapse_repeats"] is True
+    first = report["steps"][0]
+    assert first["step"] == "repeats of an item collapsed"
+    assert (first["events_removed"], first["sessions_removed"], first["items_removed"]) == \
+        (5, 0, 0)
+    assert "repeats of an item collapsed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options", [
+    ["--test-hours", "24"],
+    ["--test-start", "2023-11-16T00:00:00"],  # T0 + 2 days: sessions 7-9 end after it
+    ["--test-start", "2023-11-16T01:00:00+01:00"],
+    ["--test-start", str(T0 + 2 * DAY)],
+])
+def test_the_test_period_in_hours_or_from_an_absolute_time(tmp_path, capsys, options):
+    assert _prepare(_hand_log(tmp_path), tmp_path / "out", *options) == 0
+    _check_hand_outputs(tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    split = report["steps"][7]
+    cut = T0 + 2 * DAY + 220 - DAY if options[0] == "--test-hours" else T0 + 2 * DAY
+    assert split["cut_time"] == cut
+    assert split["cut_date"] == pd.Timestamp(cut, unit="s", tz="UTC").isoformat()
+    if options[0] == "--test-start":
+        assert report["test_start"] == "2023-11-16T00:00:00+00:00"
+    table = capsys.readouterr().out
+    assert f"test split at {split['cut_date']}" in table and str(int(cut)) not in table
+
+
+@pytest.mark.parametrize("valid", [["--valid-hours", "6"],
+                                   ["--valid-start", "2023-11-14T19:00:00"]])
+def test_a_two_day_log_has_a_validation_split_in_hours(tmp_path, caplog, valid):
+    rows = [(s, item, h * 3600 + k * 60) for s, h in ((1, 1), (2, 3), (3, 5), (4, 20),
+                                                      (5, 22), (6, 40), (7, 46))
+            for k, item in enumerate("ABC")]
+    frame = pd.DataFrame(rows, columns=["session", "item", "t"])
+    frame["Time"] = T0 + frame.pop("t")
+    path = _write(tmp_path / "log.tsv", frame, "\t")
+    caplog.set_level("INFO")
+    assert _prepare(path, tmp_path / "out", "--test-hours", "12", *valid) == 0
+    sessions = {name: sorted(read_events(tmp_path / "out" / f"{name}.tsv")["SessionId"].unique())
+                for name in ("train", "valid", "test")}
+    assert sessions == {"train": [1, 2, 3], "valid": [4, 5], "test": [6, 7]}
+    assert "split at 2023-11-1" in caplog.text and f"split at {T0}" not in caplog.text
+
+
+def test_test_start_and_test_days_are_exclusive(tmp_path, capsys):
+    assert _prepare(_hand_log(tmp_path), tmp_path / "out", "--test-days", "1",
+                    "--test-start", "2023-11-16") == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_time_unit_auto_is_decided_by_the_bulk_of_the_values(tmp_path):
+    frame = _frame("ms").rename(columns={"ts": "Time"})
+    zero = pd.DataFrame({"session": [0], "item": ["A"], "Time": [0]})  # one stray 0 first
+    path = _write(tmp_path / "log.csv", pd.concat([zero, frame], ignore_index=True), ",")
+    assert _prepare(path, tmp_path / "out") == 0
+    _check_hand_outputs(tmp_path / "out")
+
+
+@pytest.mark.parametrize("unit,scale", [("min", 60), ("h", 3600)])
+def test_offsets_in_minutes_and_hours(tmp_path, unit, scale):
+    frame = _frame("date+s")
+    frame["offset"] = frame["offset"] / scale
+    path = _write(tmp_path / "log.csv", frame, ",")
+    assert _prepare(path, tmp_path / "out", "--date-col", "day", "--offset-col", "offset",
+                    "--offset-unit", unit) == 0
+    train = read_events(tmp_path / "out" / "train.tsv")
+    assert list(train["ItemId"]) == ["A", "B", "A", "B", "C", "B", "C"]
+    assert list(train["Time"]) == pytest.approx([T0 + t for s, _, t in EVENTS if s < 4],
+                                                abs=1e-6)

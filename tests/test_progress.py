@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 
 from tf_gru4rec.progress import StepProgress
@@ -38,3 +39,17 @@ def test_one_line_per_epoch_with_verbose_2(capsys):
 
 def test_a_resumed_epoch_starts_at_its_skipped_steps():
     assert _run(StepProgress(_source(skip=100), epochs=1, verbose=0), 1) == [120]
+
+
+def test_auto_is_one_plain_line_per_epoch_when_not_a_terminal(capsys):
+    """Written to a log file, Keras' bar would be thousands of characters with colour codes."""
+    _run(StepProgress(_source(), epochs=1, verbose="auto"), 3)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("120/120 - ")
+    assert "\x1b" not in out and "\r" not in out and "\b" not in out
+
+
+def test_auto_draws_the_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert StepProgress(_source(), epochs=1, verbose="auto").verbose == 1

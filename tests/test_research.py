@@ -200,6 +200,43 @@ def test_tune_writes_a_loadable_preset_and_resumes_the_study(click_files, tmp_pa
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 3
 
 
+def test_the_base_trial_off_the_grid_and_one_hot_trials_sample_and_warn_nothing_unused():
+    """A base preset whose `layers` is off the default grid (100 in 64..256 step 32) in
+    one-hot mode with one layer: no Optuna out-of-range warning, the base trial runs the base
+    values, and no trial samples `dropout_p_hidden` where it has no layer to act on."""
+    import warnings
+
+    pytest.importorskip("optuna")
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.tuning import base_params, default_space, open_study, suggest_config
+
+    base = TrainConfig(layers=[100], embedding=0, constrained_embedding=False,
+                       dropout_p_hidden=0.3, learning_rate=0.08)
+    space = default_space("cross-entropy")
+    study = open_study(seed=1, prune=False)
+    study.enqueue_trial(base_params(base, space), user_attrs={"base_preset": True})
+    configs = []
+
+    def objective(trial):
+        configs.append(suggest_config(trial, base, space))
+        return 0.0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        study.optimize(objective, n_trials=12)
+    first = configs[0]
+    assert first.layers == [100] and first.learning_rate == 0.08
+    assert "layers" not in study.trials[0].params
+    one_hot = [(t, c) for t, c in zip(study.trials, configs, strict=True)
+               if not c.constrained_embedding and len(c.layers) == 1]
+    assert one_hot and len(one_hot) < len(configs)  # both kinds were sampled
+    for trial, config in one_hot:
+        assert "dropout_p_hidden" not in trial.params and config.dropout_p_hidden == 0.0
+    assert all("dropout_p_hidden" in t.params for t, c in zip(study.trials, configs,
+                                                               strict=True)
+               if c.constrained_embedding)
+
+
 def test_search_space_file_in_the_original_format(tmp_path):
     from tf_gru4rec.tuning import load_space
 

@@ -413,10 +413,10 @@ def _metrics(result):
 def test_replay_cli_equals_evaluate_cli(synthetic_served, capsys):
     s = synthetic_served
     assert cli.main(["evaluate", "--model", s["model_dir"], "--test", s["test_file"],
-                     "--batch-size", "32"]) == 0
+                     "--batch-size", "32", "--json"]) == 0
     offline = json.loads(capsys.readouterr().out)
     assert cli.main(["replay", "--target", s["server"].target, "--test", s["test_file"],
-                     "--batch-size", "32"]) == 0
+                     "--batch-size", "32", "--json"]) == 0
     served = json.loads(capsys.readouterr().out)
     assert offline["test_events"] > 300
     assert _metrics(served) == _metrics(offline)  # exactly, every cutoff
@@ -438,6 +438,55 @@ def test_replay_reports_an_unreachable_server(synthetic_served):
     with pytest.raises(ServingError) as info:
         replay(f"127.0.0.1:{_free_port()}", synthetic_served["test_events"], timeout=2)
     assert info.value.code == "UNAVAILABLE"
+
+
+def test_replay_waits_for_a_server_that_is_still_starting(synthetic_served):
+    """`serve &` then `replay` at once: replay waits until the model is AVAILABLE."""
+    s = synthetic_served
+    base = os.path.join(os.path.dirname(s["model_dir"]), "gru4rec")
+    port = _free_port()
+    late = {}
+
+    def start_late():
+        time.sleep(1.5)
+        late["server"] = DevServer(base, port=port).start()
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        served = replay(f"127.0.0.1:{port}", s["test_events"], batch_size=32, wait=300)
+    finally:
+        starter.join()
+        if "server" in late:
+            late["server"].stop()
+    log = _offline_log(s["test_events"], s["vocabulary"])
+    assert _metrics(served) == _metrics(evaluate(s["model"], log, batch_size=32))
+
+
+def test_loading_a_version_prints_no_tensorflow_deprecation_notice(synthetic_served):
+    """`serve` loads with TF Serving's v1 loader and reads the warmup records: TensorFlow's
+    notices that those calls are deprecated are not for the user (a fresh process: each
+    notice is printed once per process)."""
+    version = os.path.join(os.path.dirname(synthetic_served["model_dir"]), "gru4rec", "1")
+    code = ("import sys; from tf_gru4rec.serving.bundle import SessionBundle; "
+            "b = SessionBundle(sys.argv[1]); print(b.warmup())")
+    done = subprocess.run([sys.executable, "-c", code, version], capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 0  # the warmup records were read and run
+    assert "deprecat" not in done.stderr.lower(), done.stderr[-2000:]
+
+
+def test_replay_without_a_server_says_what_it_waited_for(tmp_path, capsys):
+    test_file = tmp_path / "test.tsv"
+    test_file.write_text("SessionId\tItemId\tTime\n1\t2\t3\n1\t4\t5\n")
+    port = _free_port()
+    assert cli.main(["replay", "--target", f"127.0.0.1:{port}", "--test", str(test_file),
+                     "--wait", "1"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "after waiting 1 s" in err[0] and f"127.0.0.1:{port}" in err[0]
+    assert "tf-gru4rec serve" in err[0] and "--wait" in err[0]
 
 
 def test_replay_equals_evaluate_on_rsc15(rsc15_paths, tmp_path):

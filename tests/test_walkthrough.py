@@ -1,4 +1,5 @@
-"""README "Your own data": its command lines run as written, on a small generated log."""
+"""README "Your own data": its command lines run as written, on a small generated log; once
+more exactly as pasted into a shell (slow: the commands start one process each)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import json
 import os
 import re
 import shlex
+import socket
+import stat
+import subprocess
+import sys
 
 import pandas as pd
+import pytest
 
 from tf_gru4rec.cli import main
 from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
@@ -17,14 +23,26 @@ TINY = ["--set", "layers=8", "--set", "n_sample=16", "--set", "n_epochs=1", "--s
         "batch_size=8", "--verbose", "0"]
 
 
-def readme_commands() -> list[list[str]]:
-    """The `tf-gru4rec` lines of the README's "Your own data" code block, split as a shell
-    would (continuation lines joined)."""
+def readme_block() -> str:
+    """The first code block of the README's "Your own data" section, as written."""
     with open(os.path.join(REPO, "README.md")) as f:
         text = f.read()
     section = text.split("## Your own data", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def readme_commands() -> list[list[str]]:
+    """The `tf-gru4rec` lines of the README's "Your own data" code block, split as a shell
+    would (continuation lines joined)."""
+    block = readme_block().replace("\\\n", " ")
     return [shlex.split(line) for line in block.splitlines() if line.startswith("tf-gru4rec")]
+
+
+def table_metrics(out: str) -> dict:
+    """The one-row table of `evaluate` / `replay` as {"recall@20": ..., "test_events": ...}."""
+    header, row = out.strip().splitlines()[-2:]
+    names = [n.lower() for n in header.replace("test events", "test_events").split()]
+    return dict(zip(names, map(float, row.split()[-len(names):]), strict=True))
 
 
 def _raw_log(path):
@@ -62,7 +80,7 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, capsys):
             if argv[0] == "prepare":
                 assert "train.tsv" in out and "valid.tsv" in out
             elif argv[0] in ("evaluate", "replay"):
-                results[argv[0]] = json.loads(out)
+                results[argv[0]] = table_metrics(out)
                 assert results[argv[0]]["recall@20"] > 0.05
     finally:
         if server is not None:
@@ -72,3 +90,46 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, capsys):
     report = json.loads((tmp_path / "prepared" / "prepare.json").read_text())
     assert report["outputs"]["valid"]["events"] > 0
     assert (tmp_path / "export" / "gru4rec" / "1").is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _table_row(out: str, name: str) -> dict:
+    """The row `name` of the last metrics table in `out` that has one."""
+    lines = out.splitlines()
+    at = max(i for i, line in enumerate(lines) if line.startswith(name + " "))
+    top = max(i for i in range(at) if lines[i].startswith(" "))  # the header: no row name
+    header = lines[top].replace("test events", "test_events").lower().split()
+    return dict(zip(header, lines[at][len(name):].split(), strict=True))
+
+
+@pytest.mark.slow
+def test_the_readme_walkthrough_runs_as_pasted_into_a_shell(tmp_path):
+    """The block pasted into bash as it is: `serve ... &` then `replay` at once (replay
+    waits for the server to load). Only the port is changed, to a free one, and a trap stops
+    the server if the block fails before its own `kill`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "tf-gru4rec"  # the console script, run by this interpreter
+    shim.write_text(f"""#!/bin/sh
+exec "{sys.executable}" -c "import sys; from tf_gru4rec.cli import entry; \\
+sys.argv[0] = 'tf-gru4rec'; entry()" "$@"
+""")
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    _raw_log(tmp_path / "clicks.csv")
+    port = str(_free_port())
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + \
+        readme_block().replace("8500", port)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=1800)  # a guard against a hang only
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = _table_row(done.stdout, "model")
+    replayed = _table_row(done.stdout, f"served (127.0.0.1:{port})")
+    assert replayed == evaluated and float(evaluated["recall@20"]) > 0.05
+    assert "UNAVAILABLE" not in done.stderr

@@ -29,6 +29,27 @@ def test_grown_model_scores_old_items_as_before(mode, rng):
         grow_model(model, old_vocab, ItemVocabulary([20, 10, 30, 40, 50]))
 
 
+@pytest.mark.parametrize("mode", [{}, {"constrained_embedding": False, "embedding": 6}])
+def test_new_items_rows_are_freshly_initialised_not_zeros(mode):
+    """Every item table grows by rows drawn as a new model draws them (same spread), not by
+    zeros (a zero output row scores 0 for every session; zeros passed every other test)."""
+    config = CONFIG.replace(**mode)
+    old_vocab = ItemVocabulary(np.arange(50))
+    new_vocab = old_vocab.extend(np.arange(50, 250))
+    grown = grow_model(build_model(config, 50), old_vocab, new_vocab)
+    def inner(path):  # the path below the model's own (unique) name
+        return path.partition("/")[2]
+
+    fresh = {inner(w.path): w.numpy() for w in build_model(config.replace(seed=9), 250).weights}
+    tables = [w for w in grown.weights if len(w.shape) == 2 and w.shape[0] == 250]
+    assert tables  # the output table at least (and the input embedding when it has one)
+    for weight in tables:
+        new_rows, reference = weight.numpy()[50:], fresh[inner(weight.path)]
+        assert np.std(reference) > 0, weight.path
+        assert 0.5 < np.std(new_rows) / np.std(reference) < 2.0, weight.path
+        assert (np.abs(new_rows).sum(axis=1) > 0).all(), weight.path
+
+
 def test_cli_warm_start_appends_new_items(tmp_path):
     first = tmp_path / "first.tsv"
     second = tmp_path / "second.tsv"

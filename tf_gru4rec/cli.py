@@ -223,6 +223,9 @@ def cmd_train(args) -> int:
                        backup_dir=args.backup_dir, backup_every=args.backup_every)
     metrics = {
         "train_seconds": result.train_seconds,
+        # events trained on: per epoch (each event but its session's last) and in all epochs
+        "train_events_per_epoch": log.n_predictions,
+        "train_epochs": len(result.history.get("loss", [])) or config.n_epochs,
         "train_events": result.train_events,
         "train_events_per_second": result.events_per_second,
         "train_resumes": result.resumes,
@@ -251,8 +254,25 @@ def cmd_evaluate(args) -> int:
     test_log = _test_log(args.test, args, trained.vocabulary)
     cutoffs = args.cutoffs or trained.config.cutoffs
     tie_mode = args.tie_mode or trained.config.tie_mode
-    _json_out(evaluate(trained.model, test_log, cutoffs, tie_mode, args.batch_size))
+    result = evaluate(trained.model, test_log, cutoffs, tie_mode, args.batch_size)
+    _results_out({args.model: result} if not args.json else result, args.json)
     return 0
+
+
+def add_json_option(parser) -> None:
+    """--json: print the results as JSON instead of a table."""
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON (default: a table)")
+
+
+def _results_out(results: dict, as_json: bool) -> None:
+    """Metrics as JSON, or as a table of one row per model (`results`: name -> metrics)."""
+    if as_json:
+        _json_out(results)
+        return
+    from tf_gru4rec.results_table import format_metrics
+
+    sys.stdout.write(format_metrics(results) + "\n")
 
 
 def cmd_generate(args) -> int:
@@ -356,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-mode", choices=["standard", "conservative", "median"])
     p.add_argument("--batch-size", type=types.integer(1), default=None,
                    help="session-parallel slots per step (default: sized to keep them full)")
+    add_json_option(p)
     _add_read_options(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,5 +1,6 @@
 """The `tf-gru4rec baselines` subcommand: fit POP / S-POP / item-KNN / BPR-MF on a training log,
-evaluate them on a test log like a GRU model, and print {name: metrics} as JSON.
+evaluate them on a test log like a GRU model, and print a table of their metrics (or
+{name: metrics} as JSON with --json).
 
 Importing this module stays light (argparse only); NumPy and pandas load inside the command.
 """
@@ -20,7 +21,7 @@ TIE_MODES = ("standard", "conservative", "median")
 
 def register(subparsers) -> None:
     """Add the `baselines` subcommand to the `tf-gru4rec` parser."""
-    from tf_gru4rec.cli import _add_read_options
+    from tf_gru4rec.cli import _add_read_options, add_json_option
 
     p = subparsers.add_parser(
         "baselines", help="Recall@K / MRR@K of POP, S-POP, item-KNN and BPR-MF",
@@ -45,13 +46,14 @@ def register(subparsers) -> None:
     p.add_argument("--learning-rate", type=types.number(0, low_open=True), default=0.01,
                    help="BPR-MF learning rate")
     p.add_argument("--seed", type=types.integer(0), default=0, help="BPR-MF seed")
+    add_json_option(p)
     _add_read_options(p)
     p.set_defaults(func=cmd_baselines)
 
 
 def cmd_baselines(args) -> int:
     from tf_gru4rec.baselines import run_baselines
-    from tf_gru4rec.cli import _check_trainable, _json_out, _read, _test_log
+    from tf_gru4rec.cli import _check_trainable, _read, _results_out, _test_log
     from tf_gru4rec.data.io import ITEM
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
@@ -72,6 +74,6 @@ def cmd_baselines(args) -> int:
     }
     logger.info("baselines %s on %d training items, %d test events", args.names,
                 len(vocabulary), test_log.n_predictions)
-    _json_out(run_baselines(train_log, test_log, names=args.names, cutoffs=args.cutoffs,
-                            tie_mode=args.tie_mode, params=params))
+    _results_out(run_baselines(train_log, test_log, names=args.names, cutoffs=args.cutoffs,
+                               tie_mode=args.tie_mode, params=params), args.json)
     return 0

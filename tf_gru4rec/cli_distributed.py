@@ -96,6 +96,7 @@ def train_distributed(args, config, cluster) -> int:
     events = source.n_predictions * len(history["loss"])
     metrics = {
         "train_seconds": seconds, "train_events": events,
+        "train_events_per_epoch": source.n_predictions, "train_epochs": len(history["loss"]),
         "train_events_per_second": events / max(seconds, 1e-9),
         "final_loss": history["loss"][-1] if history["loss"] else None,
         "train_resumes": backup.resumes if backup is not None else 0,

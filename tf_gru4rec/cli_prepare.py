@@ -21,19 +21,19 @@ def cmd_prepare_log(args) -> int:
     if args.shards:
         return _prepare_log_shards(args)
     from tf_gru4rec.data.io import write_events
-    from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY, format_table, prepare_log
+    from tf_gru4rec.data.prepare_log import format_table, prepare_log
     from tf_gru4rec.data.raw_log import read_raw_log
     from tf_gru4rec.paths import atomic_directory, check_input_file
 
     check_input_file(args.input, "--input")
     _check_prepare_out(args.out)
-    events = read_raw_log(args.input, **_read_options(args))
+    stats = {}
+    events = read_raw_log(args.input, **_read_options(args), stats=stats)
     try:
-        frames, report = prepare_log(events, args.test_days * SECONDS_PER_DAY,
-                                     (args.valid_days or 0.0) * SECONDS_PER_DAY,
-                                     args.min_session_length, args.min_item_support)
+        frames, report = prepare_log(events, **_protocol_options(args))
     except ValueError as error:
         raise _protocol_error(args, error) from None
+    report = _with_read_report(report, args, stats)
     report["source"] = os.path.abspath(args.input)
     report["files"] = {name: os.path.join(args.out, f"{name}.tsv") for name in frames}
     with atomic_directory(args.out) as staging:  # all files appear at once, or none
@@ -52,7 +52,7 @@ def _prepare_log_shards(args) -> int:
     from tf_gru4rec import extras
 
     extras.require("prepare log --shards", "duckdb")
-    from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY, format_table
+    from tf_gru4rec.data.prepare_log import format_table
     from tf_gru4rec.data.prepare_shards import ShardWork
     from tf_gru4rec.data.scale_protocol import run_protocol
     from tf_gru4rec.data.shard_writer import (
@@ -67,13 +67,13 @@ def _prepare_log_shards(args) -> int:
     _check_prepare_out(args.out)
     chunk_rows = int(os.environ.get(CHUNK_ROWS_ENV, 0)) or None
     with ShardWork(args.out, memory_mb=args.memory_mb) as work:
-        work.load(args.input, chunk_rows=chunk_rows, **_read_options(args))
+        stats = {}
+        work.load(args.input, chunk_rows=chunk_rows, **_read_options(args), stats=stats)
         try:
-            report = run_protocol(work.con, "events", args.test_days * SECONDS_PER_DAY,
-                                  (args.valid_days or 0.0) * SECONDS_PER_DAY,
-                                  args.min_session_length, args.min_item_support)
+            report = run_protocol(work.con, "events", **_protocol_options(args))
         except ValueError as error:
             raise _protocol_error(args, error) from None
+        report = _with_read_report(report, args, stats)
         report["source"] = os.path.abspath(args.input)
         report["format"] = FORMAT
         names = list(report["outputs"])
@@ -101,13 +101,50 @@ def _read_options(args) -> dict:
     return {"session_col": args.session_col, "item_col": args.item_col,
             "time_col": args.time_col, "sep": args.sep, "time_unit": args.time_unit,
             "date_col": args.date_col, "offset_col": args.offset_col,
-            "offset_unit": args.offset_unit}
+            "offset_unit": args.offset_unit, "row_filters": _row_filters(args)}
+
+
+def _row_filters(args) -> list:
+    from tf_gru4rec.data.row_filter import RowFilter
+
+    filters = []
+    for option, texts, keep in (("--keep", args.keep, True), ("--drop", args.drop, False)):
+        for text in texts or ():
+            try:
+                filters.append(RowFilter.parse(text, keep))
+            except ValueError as error:
+                raise ValueError(f"{option} {text!r}: {error}") from None
+    return filters
+
+
+def _protocol_options(args) -> dict:
+    """The keyword arguments of `prepare_log` / `run_protocol` from `prepare log`'s options:
+    each period in days or hours (or from an absolute start), the filters, the collapse."""
+    from tf_gru4rec.data.prepare_log import SECONDS_PER_DAY
+
+    def seconds(days, hours):
+        return (days or 0.0) * SECONDS_PER_DAY + (hours or 0.0) * 3600.0
+
+    test = seconds(args.test_days, args.test_hours)
+    if not test and args.test_start is None:
+        test = SECONDS_PER_DAY  # the default: the last day
+    return {"test_seconds": test, "valid_seconds": seconds(args.valid_days, args.valid_hours),
+            "min_session_length": args.min_session_length,
+            "min_item_support": args.min_item_support, "test_start": args.test_start,
+            "valid_start": args.valid_start, "collapse": args.collapse_repeats}
+
+
+def _with_read_report(report: dict, args, stats: dict) -> dict:
+    """`report` with "read": the rows read and what each row filter removed."""
+    filters = [{**f.to_dict(), "rows_removed": removed}
+               for f, removed in zip(_row_filters(args), stats["rows_removed"], strict=True)]
+    return {"read": {"rows": stats["rows_read"], "row_filters": filters}, **report}
 
 
 def _protocol_error(args, error: ValueError) -> ValueError:
     return ValueError(f"--input {args.input!r}: {error}; expected a longer log, or smaller "
-                      "--min-item-support, --min-session-length, --test-days or "
-                      "--valid-days")
+                      "--min-item-support, --min-session-length, --test-days/--test-hours "
+                      "or --valid-days/--valid-hours (or another --test-start/--valid-start)")
 
 
 def _check_prepare_out(path: str) -> None:
@@ -177,15 +214,19 @@ def register(subparsers) -> None:
     q = datasets.add_parser(
         "log",
         help="any click log -> train.tsv / test.tsv (/ valid.tsv) and prepare.json",
-        description="Keep sessions >= --min-session-length events and items >= "
+        description="Read the log (text, gzip or Parquet, by content); keep the rows of "
+                    "--keep/--drop; optionally collapse repeated clicks (--collapse-repeats). "
+                    "Keep sessions >= --min-session-length events and items >= "
                     "--min-item-support events (repeated until both hold); the sessions "
-                    "ending in the last --test-days are the test set (and the --valid-days "
-                    "before them the validation set); test and validation events of items "
-                    "unknown to training are dropped, then their sessions shorter than 2. "
+                    "ending in the last --test-days (--test-hours, or from --test-start) are "
+                    "the test set (and the --valid-days before them the validation set); "
+                    "test and validation events of items unknown to training are dropped, "
+                    "then their sessions shorter than 2. "
                     "Writes train.tsv, test.tsv (valid.tsv), prepare.json (what each step "
                     "removed) and prints a summary table.")
     q.add_argument("--input", required=True,
-                   help="click log with a header line (text, .gz, or .parquet)")
+                   help="click log with a header line: text, gzip-compressed text or Parquet "
+                        "(told apart by content, not by name)")
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--sep", type=_separator,
                    help="field separator: tab, comma, semicolon, pipe or a character "
@@ -195,17 +236,38 @@ def register(subparsers) -> None:
     q.add_argument("--time-col", default="Time",
                    help="time column: unix seconds or milliseconds, or ISO 8601 strings")
     q.add_argument("--time-unit", choices=("auto", "s", "ms"), default="auto",
-                   help="unit of a numeric --time-col (auto: above 1e11 is milliseconds)")
+                   help="unit of a numeric --time-col (auto: a median above 1e11 is "
+                        "milliseconds)")
     q.add_argument("--date-col", help="the time as a date column (ISO 8601) instead of "
                                       "--time-col, plus the optional --offset-col")
     q.add_argument("--offset-col", help="offset after --date-col (e.g. seconds in the day)")
     q.add_argument("--offset-unit", choices=("s", "ms", "min", "h"), default="s",
                    help="unit of --offset-col (default: s)")
+    rows = q.add_argument_group("rows and repeats")
+    rows.add_argument("--keep", action="append", metavar="COLUMN=VALUE[,VALUE...]",
+                      help="keep only the rows whose COLUMN is one of the values, e.g. "
+                           "--keep 'action_type=clickout item,search for item' (repeatable: "
+                           "a row must pass every --keep and --drop)")
+    rows.add_argument("--drop", action="append", metavar="COLUMN=VALUE[,VALUE...]",
+                      help="drop the rows whose COLUMN is one of the values (repeatable)")
+    rows.add_argument("--collapse-repeats", action="store_true",
+                      help="collapse consecutive events of the same item in a session into "
+                           "one (before the session-length and item-support filters)")
     _add_filter_options(q)
-    q.add_argument("--test-days", type=types.number(0, low_open=True), default=1.0,
-                   help="the test set: sessions ending in the last DAYS (default: 1)")
-    q.add_argument("--valid-days", type=types.number(0, low_open=True),
-                   help="a validation set: sessions ending in the DAYS before the test period")
+    period = types.number(0, low_open=True)
+    split = q.add_argument_group(
+        "splits", "the test set: sessions ending in the last DAYS or HOURS, or at or after "
+                  "--test-start (default: the last day); a validation set likewise, before "
+                  "the test set")
+    test = split.add_mutually_exclusive_group()
+    test.add_argument("--test-days", type=period, metavar="DAYS")
+    test.add_argument("--test-hours", type=period, metavar="HOURS")
+    test.add_argument("--test-start", type=types.instant, metavar="TIME",
+                      help="ISO 8601 date-time (UTC unless a zone is given) or unix seconds")
+    valid = split.add_mutually_exclusive_group()
+    valid.add_argument("--valid-days", type=period, metavar="DAYS")
+    valid.add_argument("--valid-hours", type=period, metavar="HOURS")
+    valid.add_argument("--valid-start", type=types.instant, metavar="TIME")
     scale = q.add_argument_group(
         "logs larger than memory (needs the scale extra: duckdb)")
     scale.add_argument("--shards", action="store_true",

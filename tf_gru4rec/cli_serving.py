@@ -87,7 +87,7 @@ def cmd_replay(args) -> int:
     from tf_gru4rec.extras import require
 
     require("replay", "grpc", "tensorflow_serving")
-    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.cli import _results_out
     from tf_gru4rec.cli_types import fail
     from tf_gru4rec.paths import check_input_file
     from tf_gru4rec.serving.client import ServingError
@@ -101,11 +101,11 @@ def cmd_replay(args) -> int:
         result = replay(args.target, args.test, model_name=args.model_name,
                         cutoffs=args.cutoffs, tie_mode=args.tie_mode,
                         batch_size=args.batch_size, timeout=args.timeout,
-                        read_options=read_options)
+                        read_options=read_options, wait=args.wait)
     except ServingError as error:
         fail("replay", f"the server at {args.target} failed: {error}")
         return 3
-    _json_out(result)
+    _results_out({f"served ({args.target})": result} if not args.json else result, args.json)
     return 0
 
 
@@ -114,7 +114,7 @@ def _popular(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tf_gru4rec.cli import _add_read_options
+    from tf_gru4rec.cli import _add_read_options, add_json_option
 
     p = subparsers.add_parser(
         "export", help="write a TF Serving SavedModel version of a trained model")
@@ -187,5 +187,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="session-parallel slots per request (as `evaluate --batch-size`)")
     p.add_argument("--timeout", type=types.number(0, low_open=True), default=30.0,
                    help="seconds per request")
+    p.add_argument("--wait", type=types.number(0), default=120.0,
+                   help="seconds to wait for a server that is still starting or loading the "
+                        "model, e.g. just started with `serve &` (default: 120; 0: no wait)")
+    add_json_option(p)
     _add_read_options(p)
     p.set_defaults(func=cmd_replay)

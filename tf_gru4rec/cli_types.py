@@ -54,6 +54,28 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
     return parse
 
 
+def instant(text: str) -> float:
+    """A point in time as unix seconds: an ISO 8601 date or date-time (UTC unless it names
+    its zone), or a number of unix seconds."""
+    import datetime
+
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an ISO 8601 date-time (e.g. 2018-11-08T12:00) or unix seconds, "
+                f"received {text!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite time, received {text!r}")
+    return value
+
+
 def verbosity(text: str):
     """Keras verbosity: auto, 0, 1 or 2."""
     if text == "auto":

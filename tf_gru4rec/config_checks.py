@@ -89,9 +89,23 @@ def _optimizer_known(name: str) -> bool:
     return True
 
 
+def _takes_momentum(name: str) -> bool:
+    """Whether the optimizer `name` has a momentum (adagradm; Keras' sgd, rmsprop)."""
+    if name.lower() in _ADAGRADM:
+        return True
+    import keras
+
+    return "momentum" in keras.optimizers.get(name).get_config()
+
+
 def check_config(config) -> None:
-    """Raise ValueError naming the first parameter of `config` out of its range."""
+    """Raise ValueError naming the first parameter of `config` out of its range, or a
+    momentum > 0 for an optimizer that has none (it would be ignored)."""
     for key, value in config.to_dict().items():
         ok, expected = CHECKS.get(key, (lambda v: True, ""))
         if not ok(value):
             raise ValueError(f"Parameter {key!r} should be {expected}. Received: {value!r}")
+    if config.momentum and not _takes_momentum(config.optimizer):
+        from tf_gru4rec.training import momentum_refused
+
+        raise ValueError(momentum_refused(config.optimizer, config.momentum))

@@ -3,10 +3,14 @@
 `fit` sees blocks of `steps_per_execution` steps of a dataset of unknown length, so Keras'
 own bar counts blocks and shows "Unknown" on the first epoch. `StepProgress` counts the steps
 instead (their number per epoch is known before the epoch starts), so the bar has a total
-and an ETA from the first block.
+and an ETA from the first block. With `verbose="auto"` the bar is drawn only on a terminal;
+written to a file or a pipe (a log) the progress is one plain line per epoch, not thousands
+of characters of redrawn bar with colour codes.
 """
 
 from __future__ import annotations
+
+import sys
 
 import keras
 from keras.src.utils import io_utils  # as Keras' own ProgbarLogger prints
@@ -18,14 +22,15 @@ class StepProgress(keras.callbacks.Callback):
     Args:
       source: the `SessionParallelInput` being fitted (steps per epoch, block size).
       epochs: epochs of the run (for the "Epoch e/E" line).
-      verbose: 1 (a bar updated each block) or 2 (a line at each epoch end).
+      verbose: 1 (a bar updated each block), 2 (a line at each epoch end) or "auto" (1 when
+        standard output, where Keras prints, is a terminal, else 2).
     """
 
-    def __init__(self, source, epochs: int, verbose: int = 1):
+    def __init__(self, source, epochs: int, verbose: int | str = 1):
         super().__init__()
         self.source = source
         self.epochs = int(epochs)
-        self.verbose = int(verbose)
+        self.verbose = resolve_verbosity(verbose)
         self.bar = None
         self.done = 0
 
@@ -46,3 +51,11 @@ class StepProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.bar.update(self.total, list((logs or {}).items()), finalize=True)
+
+
+def resolve_verbosity(verbose: int | str) -> int:
+    """`verbose` as 0, 1 or 2; "auto" is 1 (a bar) on a terminal, else 2 (a line per epoch)."""
+    if verbose != "auto":
+        return int(verbose)
+    isatty = getattr(sys.stdout, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2

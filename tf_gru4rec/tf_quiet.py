@@ -10,6 +10,9 @@ import hook: the first ``import tensorflow`` (by whichever module) runs with fil
 sent to a temporary file, together with the device lookup, and fd 2 is restored right after.
 What was captured is written to stderr if the import fails. Only the import itself is
 redirected; every later line of TensorFlow's (errors included) reaches stderr as usual.
+
+`deprecation_notices_hidden` hides TensorFlow's deprecation notices around the calls we make
+on purpose (the serving loader is TF Serving's v1 one): a user cannot act on them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 import tempfile
@@ -36,6 +40,19 @@ def stderr_captured():
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def deprecation_notices_hidden():
+    """TensorFlow's Python logger (where "... is deprecated and will be removed" notices go,
+    at WARNING) shows only errors inside the block."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def import_tensorflow_quietly():
@@ -81,8 +98,11 @@ _FINDER = _Finder()
 
 
 def hide_startup_lines() -> None:
-    """Set TF_CPP_MIN_LOG_LEVEL=2 (unless set) and make the first TensorFlow import quiet."""
+    """Set TF_CPP_MIN_LOG_LEVEL=2 (unless set), make the first TensorFlow import quiet, and
+    keep TensorFlow's Python INFO lines (each collective of `--workers`, the strategy's
+    set-up) out of our INFO log: its warnings and errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     if "tensorflow" not in sys.modules and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 

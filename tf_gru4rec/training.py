@@ -33,12 +33,24 @@ logger = logging.getLogger(__name__)
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """AdagradM (the original's optimizer) or any Keras optimizer by name."""
+    """AdagradM (the original's optimizer) or any Keras optimizer by name, with the config's
+    learning rate and momentum (an optimizer without a momentum refuses a momentum > 0)."""
     if config.optimizer.lower() in ("adagradm", "adagrad-momentum"):
         return AdagradM(config.learning_rate, config.momentum)
     optimizer = keras.optimizers.get(config.optimizer)
-    optimizer.learning_rate = config.learning_rate
-    return optimizer
+    options = {**optimizer.get_config(), "learning_rate": config.learning_rate}
+    if "momentum" in options:
+        options["momentum"] = config.momentum
+    elif config.momentum:
+        raise ValueError(momentum_refused(config.optimizer, config.momentum))
+    return type(optimizer).from_config(options)
+
+
+def momentum_refused(optimizer: str, momentum: float) -> str:
+    """The error of a momentum given to an optimizer that has none."""
+    return (f"Parameter 'momentum' is not used by optimizer {optimizer!r}, which has no "
+            f"momentum. Received: {momentum!r}; set momentum=0, or choose adagradm, sgd or "
+            "rmsprop")
 
 
 def build_model(config: TrainConfig, n_items: int, item_support=None) -> GRU4Rec:
@@ -107,10 +119,11 @@ def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
             epoch, step = point.epoch, point.step
         callbacks.append(backup)  # it records the logs the others have completed
     if verbose != 0:  # steps with a known total instead of Keras' blocks of unknown number
-        callbacks.append(StepProgress(source, config.n_epochs, 1 if verbose == "auto" else
-                                      verbose))
-    logger.info("training on %d events (%d steps/epoch of %d slots), %d epochs", log.n_events,
-                source.steps_per_epoch(), config.batch_size, config.n_epochs)
+        callbacks.append(StepProgress(source, config.n_epochs, verbose))
+    logger.info("training on %d events, %d predictions per epoch (each event but its "
+                "session's last; %d steps of %d slots), %d epochs", log.n_events,
+                log.n_predictions, source.steps_per_epoch(), config.batch_size,
+                config.n_epochs)
     start = time.perf_counter()
     histories = []
     with warnings.catch_warnings():

@@ -77,6 +77,16 @@ class ParamSpec:
             return round(value, 10)  # 0.30000000000000004 -> 0.3 (the grid's float sums)
         return trial.suggest_categorical(self.name, list(self.values))
 
+    def contains(self, value) -> bool:
+        """Whether `value` is one the spec can suggest (in range and on the grid)."""
+        if self.dtype == "categorical":
+            return value in self.values
+        low, high = self.values
+        if not low <= value <= high:
+            return False
+        step = self.step if self.step is not None else (1 if self.dtype == "int" else None)
+        return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "dtype": self.dtype, "values": list(self.values)}
         if self.step is not None:
@@ -129,22 +139,50 @@ def load_space(path: str) -> list[ParamSpec]:
 
 
 def suggest_config(trial, base: TrainConfig, space: list[ParamSpec]) -> TrainConfig:
-    """The base config with the trial's values for the searched parameters (skipping those
-    that do not apply to the trial's loss)."""
+    """The base config with the trial's values for the searched parameters, skipping those
+    that do not apply: `logq`, `bpreg`, `elu_param` to other losses, `sample_alpha` without
+    samples, `dropout_p_hidden` without a layer to act on (one-hot input, one layer). The
+    base trial (`tune`'s first) takes the base values off the grid as they are."""
     params = {}
     spec = {p.name: p for p in space}
+    is_base = trial.user_attrs.get("base_preset", False)
+
+    def value(p: ParamSpec):
+        base_value = _base_value(base, p.name)
+        if is_base and not p.contains(base_value):
+            return base_value  # not suggested: Optuna would warn it is out of range
+        return p.suggest(trial)
+
     if "loss" in spec:
-        params["loss"] = spec["loss"].suggest(trial)
+        params["loss"] = value(spec["loss"])
     loss = params.get("loss", base.loss)
+    late = ("loss", "sample_alpha", "dropout_p_hidden")
     for p in space:
-        if p.name in ("loss", "sample_alpha") or loss not in LOSS_ONLY.get(p.name, (loss,)):
+        if p.name in late or loss not in LOSS_ONLY.get(p.name, (loss,)):
             continue
-        params[p.name] = p.suggest(trial)
+        params[p.name] = value(p)
     if "sample_alpha" in spec and params.get("n_sample", base.n_sample) > 0:
-        params["sample_alpha"] = spec["sample_alpha"].suggest(trial)  # unused without samples
+        params["sample_alpha"] = value(spec["sample_alpha"])  # unused without samples
     if "layers" in params:
         params["layers"] = [int(params["layers"])]
+    if "dropout_p_hidden" in spec:
+        if _hidden_dropout_acts(base.with_overrides(params)):
+            params["dropout_p_hidden"] = value(spec["dropout_p_hidden"])
+        else:
+            params["dropout_p_hidden"] = 0.0  # no layer for it: the value does nothing
     return base.with_overrides(params)
+
+
+def _hidden_dropout_acts(config: TrainConfig) -> bool:
+    """False in one-hot mode (no embedding, not constrained) with one GRU layer: that
+    layer's dropout is `dropout_p_embed` (see `GRU4Rec._layer_dropout`)."""
+    one_hot = config.embedding == 0 and not config.constrained_embedding
+    return not (one_hot and len(config.layers) == 1)
+
+
+def _base_value(base: TrainConfig, name: str):
+    value = getattr(base, name)
+    return int(value[0]) if name == "layers" else value
 
 
 class _PruningReport(keras.callbacks.Callback):
@@ -231,14 +269,21 @@ def open_study(study_name: str | None = None, storage: str | None = None, seed: 
 
 
 def base_params(base: TrainConfig, space: list[ParamSpec]) -> dict:
-    """The base config's values of the searched parameters, as the trial would suggest them."""
+    """The base config's values of the searched parameters, as the trial would suggest them
+    (those off the search grid are left out: the base trial takes them as they are)."""
     values = {}
     for p in space:
         if base.loss not in LOSS_ONLY.get(p.name, (base.loss,)) or (
-                p.name == "sample_alpha" and base.n_sample == 0):
+                p.name == "sample_alpha" and base.n_sample == 0) or (
+                p.name == "dropout_p_hidden" and not _hidden_dropout_acts(base)):
             continue
-        value = getattr(base, p.name)
-        values[p.name] = int(value[0]) if p.name == "layers" else value
+        value = _base_value(base, p.name)
+        if p.contains(value):
+            values[p.name] = value
+        else:
+            logger.info("the base preset's %s=%s is off the search space %s: the base trial "
+                        "uses it as it is, later trials search the space", p.name, value,
+                        p.to_dict())
     return values
 
 

@@ -23,6 +23,27 @@ class DataError(ValueError):
     """A click log that cannot be used; the message names file, row, column and value."""
 
 
+PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """"parquet", "gzip" (gzip-compressed text) or "text", by the file's first bytes, not its
+    name (a Parquet file named `.parquet.snappy`, a gzip file named `.csv`)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    return "text"
+
+
+def undecodable(path: str, error: UnicodeDecodeError) -> DataError:
+    """The error for a file read as text that is not: names the file and the formats read."""
+    return DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                     "expected a text click log (optionally gzip-compressed) or a Parquet file")
+
+
 def read_events(
     path: str | os.PathLike,
     session_col: str = SESSION,
@@ -54,7 +75,12 @@ def read_events(
     elif fmt in ("csv", "tsv"):
         if sep is None:
             sep = "," if fmt == "csv" else "\t"
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        compression = "gzip" if sniff_format(path) == "gzip" else None
+        try:
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
+                                compression=compression)
+        except UnicodeDecodeError as error:
+            raise undecodable(path, error) from None
     else:
         raise ValueError(
             f"`fmt` should be one of auto, csv, tsv, parquet, yoochoose. Received: {fmt!r}"
@@ -81,20 +107,23 @@ def read_yoochoose_clicks(path: str | os.PathLike) -> pd.DataFrame:
     return validate_events(frame, source=path)
 
 
-def validate_events(frame: pd.DataFrame, source: str = "<frame>", first_row: int = 1
-                    ) -> pd.DataFrame:
+def validate_events(frame: pd.DataFrame, source: str = "<frame>", first_row: int = 1,
+                    row_numbers: np.ndarray | None = None) -> pd.DataFrame:
     """Check and normalise an event frame with the standard columns.
 
     Ids that are all integers become int64; others stay strings. Time becomes float64 seconds.
     Raises `DataError` naming the source, the 1-based data row, the column and the value;
-    `first_row` is the file's row number of the frame's first row (a chunk of a longer file).
+    `first_row` is the file's row number of the frame's first row (a chunk of a longer file);
+    `row_numbers` [rows], when given, the file's row number of each row (rows filtered out).
     """
     if len(frame) == 0:
         raise DataError(f"{source}: the click log has no events")
+    rows = (np.arange(len(frame)) + first_row if row_numbers is None
+            else np.asarray(row_numbers))
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for col in (SESSION, ITEM):
-        out[col] = _normalise_ids(frame[col].to_numpy(), source, col, first_row)
-    out[TIME] = _parse_times(frame[TIME].to_numpy(), source, first_row)
+        out[col] = _normalise_ids(frame[col].to_numpy(), source, col, rows)
+    out[TIME] = _parse_times(frame[TIME].to_numpy(), source, rows)
     logger.info(
         "%s: %d events, %d sessions, %d items", source, len(out),
         out[SESSION].nunique(), out[ITEM].nunique(),
@@ -102,9 +131,16 @@ def validate_events(frame: pd.DataFrame, source: str = "<frame>", first_row: int
     return out
 
 
+def normalise_ids(values: np.ndarray, source: str = "<ids>", col: str = ITEM) -> np.ndarray:
+    """Ids as every reader here returns them: int64 when all are integers (numbers or their
+    text), else strings (`validate_events` does the same to each id column)."""
+    return _normalise_ids(np.asarray(values), source, col, np.arange(1, len(values) + 1))
+
+
 def _detect_format(path: str) -> str:
+    """Parquet by content (whatever the name); text files by name: csv, yoochoose or tsv."""
     name = path.lower().removesuffix(".gz")
-    if name.endswith(".parquet") or name.endswith(".pq"):
+    if sniff_format(path) == "parquet" or name.endswith((".parquet", ".pq")):
         return "parquet"
     if name.endswith(".csv"):
         return "csv"
@@ -117,7 +153,7 @@ def _first_bad_row(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
-def _normalise_ids(values: np.ndarray, source: str, col: str, first_row: int = 1) -> np.ndarray:
+def _normalise_ids(values: np.ndarray, source: str, col: str, rows: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
     if values.dtype.kind == "f":
@@ -125,7 +161,7 @@ def _normalise_ids(values: np.ndarray, source: str, col: str, first_row: int = 1
         if bad.any():
             row = _first_bad_row(bad)
             raise DataError(
-                f"{source}: row {row + first_row}, column {col!r}: expected an integer or "
+                f"{source}: row {rows[row]}, column {col!r}: expected an integer or "
                 f"string id, got {values[row]!r}"
             )
         return values.astype(np.int64)
@@ -133,7 +169,7 @@ def _normalise_ids(values: np.ndarray, source: str, col: str, first_row: int = 1
     empty = (as_str.isna() | (as_str.str.strip() == "")).to_numpy()
     if empty.any():
         row = _first_bad_row(empty)
-        raise DataError(f"{source}: row {row + first_row}, column {col!r}: empty id")
+        raise DataError(f"{source}: row {rows[row]}, column {col!r}: empty id")
     as_int = pd.to_numeric(as_str, errors="coerce")
     if not as_int.isna().any() and (as_int == np.round(as_int)).all():
         ints = as_str.astype("int64")
@@ -141,7 +177,7 @@ def _normalise_ids(values: np.ndarray, source: str, col: str, first_row: int = 1
     return as_str.to_numpy(dtype=object)
 
 
-def _parse_times(values: np.ndarray, source: str, first_row: int = 1) -> np.ndarray:
+def _parse_times(values: np.ndarray, source: str, rows: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "iuf":
         times = values.astype(np.float64)
     else:
@@ -158,7 +194,7 @@ def _parse_times(values: np.ndarray, source: str, first_row: int = 1) -> np.ndar
     if bad.any():
         row = _first_bad_row(bad)
         raise DataError(
-            f"{source}: row {row + first_row}, column {TIME!r}: expected unix seconds or an "
+            f"{source}: row {rows[row]}, column {TIME!r}: expected unix seconds or an "
             f"ISO 8601 date-time, got {values[row]!r}"
         )
     return times

@@ -1,11 +1,13 @@
 """The GRU4Rec papers' protocol for any click log: filters, time split, known test items.
 
+  0. optionally, collapse consecutive repeats of an item in a session into one event;
   1. drop sessions shorter than `min_session_length`, items with fewer than `min_item_support`
      events, and repeat both until nothing changes (a fixed point: every kept session and item
      satisfies both limits);
   2. the sessions ending in the last `test_seconds` (session end at or after
-     t_max - test_seconds) are the test set; with `valid_seconds`, the same split of the rest
-     gives the validation set, and the remainder is the training set;
+     t_max - test_seconds, or at or after the absolute time `test_start`) are the test set;
+     with `valid_seconds` (or `valid_start`), the same split of the rest gives the validation
+     set, and the remainder is the training set;
   3. test (and validation) events of items absent from the training set are dropped, then the
      sessions that became shorter than 2 events (as the RSC15 protocol does).
 
@@ -18,7 +20,9 @@ import pandas as pd
 
 from tf_gru4rec.data.io import ITEM, SESSION, TIME, DataError
 from tf_gru4rec.data.preprocess import (
+    collapse_repeats,
     filter_sessions_and_items,
+    iso_time,
     restrict_to_known_items,
     sessions_sorted,
     split_by_session_end,
@@ -28,9 +32,13 @@ SECONDS_PER_DAY = 86_400.0
 
 
 def prepare_log(events: pd.DataFrame, test_seconds: float, valid_seconds: float = 0.0,
-                min_session_length: int = 2, min_item_support: int = 5
-                ) -> tuple[dict[str, pd.DataFrame], dict]:
+                min_session_length: int = 2, min_item_support: int = 5,
+                test_start: float | None = None, valid_start: float | None = None,
+                collapse: bool = False) -> tuple[dict[str, pd.DataFrame], dict]:
     """Apply the protocol (module docstring) to a standard event frame.
+
+    `test_start` / `valid_start` (unix seconds), when given, replace `test_seconds` /
+    `valid_seconds`; `collapse` runs step 0.
 
     Returns:
       (frames, report): frames maps "train", "test" (and "valid" when `valid_seconds` > 0) to
@@ -39,20 +47,20 @@ def prepare_log(events: pd.DataFrame, test_seconds: float, valid_seconds: float 
     Raises:
       DataError: when a step leaves nothing (the message names the step).
     """
-    report = {"input": summary(events), "test_seconds": float(test_seconds),
-              "valid_seconds": float(valid_seconds),
-              "min_session_length": int(min_session_length),
-              "min_item_support": int(min_item_support), "steps": []}
+    report = protocol_parameters(test_seconds, valid_seconds, min_session_length,
+                                 min_item_support, test_start, valid_start, collapse)
+    report = {"input": summary(events), **report, "steps": []}
     steps = report["steps"]
-    data = filter_sessions_and_items(events, min_session_length, min_item_support,
+    data = collapse_repeats(events, steps) if collapse else events
+    data = filter_sessions_and_items(data, min_session_length, min_item_support,
                                      iterate=True, report=steps)
     if len(data) == 0:
         raise DataError(f"the filters (sessions >= {min_session_length} events, items >= "
                         f"{min_item_support} events) leave no event of {len(events)}")
-    train, test = _split(data, test_seconds, "test", steps)
+    train, test = _split(data, test_seconds, "test", steps, test_start)
     valid = None
-    if valid_seconds > 0:
-        train, valid = _split(train, valid_seconds, "validation", steps)
+    if valid_seconds > 0 or valid_start is not None:
+        train, valid = _split(train, valid_seconds, "validation", steps, valid_start)
     frames = {"train": train, "test": _known(test, train, "test", steps)}
     if valid is not None:
         frames["valid"] = _known(valid, train, "validation", steps)
@@ -63,9 +71,23 @@ def prepare_log(events: pd.DataFrame, test_seconds: float, valid_seconds: float 
     return frames, report
 
 
-def _split(data: pd.DataFrame, seconds: float, name: str, steps: list):
+def protocol_parameters(test_seconds: float, valid_seconds: float, min_session_length: int,
+                        min_item_support: int, test_start: float | None = None,
+                        valid_start: float | None = None, collapse: bool = False) -> dict:
+    """The protocol's parameters as `prepare.json` reports them (starts as ISO dates)."""
+    report = {"test_seconds": float(test_seconds), "valid_seconds": float(valid_seconds)}
+    for name, start in (("test_start", test_start), ("valid_start", valid_start)):
+        if start is not None:
+            report[name] = iso_time(start)
+    return {**report, "collapse_repeats": bool(collapse),
+            "min_session_length": int(min_session_length),
+            "min_item_support": int(min_item_support)}
+
+
+def _split(data: pd.DataFrame, seconds: float, name: str, steps: list,
+           start: float | None = None):
     try:
-        first, last = split_by_session_end(data, seconds, steps)
+        first, last = split_by_session_end(data, seconds, steps, cut=start)
     except ValueError as error:
         raise DataError(f"the {name} split: {error}") from None
     steps[-1]["step"] = f"{name} split by session end"
@@ -93,13 +115,23 @@ def summary(events: pd.DataFrame) -> dict:
 
 
 def format_table(report: dict, labels: dict | None = None) -> str:
-    """A short plain-text table: the input, what each step removed, and the outputs
+    """A short plain-text table: the rows read and what the row filters removed (when
+    reported), the input, what each step removed, the split times and the outputs
     (`labels`: an output's name in the table, default "<name>.tsv")."""
-    rows = [("input", *_counts(report["input"]))]
+    rows = []
+    read = report.get("read")
+    if read and read["row_filters"]:
+        rows.append(("rows read", read["rows"], "", ""))
+        rows += [(f"row filter {_filter_label(f)}", -f["rows_removed"], "", "")
+                 for f in read["row_filters"]]
+    rows.append(("input", *_counts(report["input"])))
     for entry in report["steps"]:
         if "events_removed" in entry:
             rows.append((entry["step"], -entry["events_removed"], -entry["sessions_removed"],
                          -entry["items_removed"]))
+        elif "cut_date" in entry:
+            rows.append((f"{entry['step'].removesuffix(' by session end')} at "
+                         f"{entry['cut_date']}", "", "", ""))
     labels = labels or {}
     rows += [(labels.get(name, f"{name}.tsv"), *_counts(out))
              for name, out in report["outputs"].items()]
@@ -107,6 +139,13 @@ def format_table(report: dict, labels: dict | None = None) -> str:
     lines = [f"{'':{width}}  {'events':>9} {'sessions':>9} {'items':>7}"]
     lines += [f"{r[0]:{width}}  {r[1]:>9} {r[2]:>9} {r[3]:>7}" for r in rows]
     return "\n".join(lines)
+
+
+def _filter_label(row_filter: dict) -> str:
+    kind = "keep" if "keep" in row_filter else "drop"
+    values = row_filter[kind]
+    shown = ", ".join(values) if len(", ".join(values)) <= 40 else f"{len(values)} values"
+    return f"{row_filter['column']} ({kind} {shown})"
 
 
 def _counts(s: dict) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ as dicts for scripts.
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import numpy as np
@@ -14,6 +15,12 @@ import pandas as pd
 from tf_gru4rec.data.io import ITEM, SESSION, TIME
 
 logger = logging.getLogger(__name__)
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as an ISO 8601 UTC date-time to the second, e.g. 2018-11-08T00:00:00+00:00."""
+    return datetime.datetime.fromtimestamp(float(seconds), datetime.UTC).isoformat(
+        timespec="seconds")
 
 
 def _record(report: list | None, step: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
@@ -86,31 +93,50 @@ def time_split(events: pd.DataFrame, test_seconds: float, report=None):
     return train, test
 
 
-def split_by_session_end(events: pd.DataFrame, test_seconds: float, report: list | None = None
+def split_by_session_end(events: pd.DataFrame, test_seconds: float | None,
+                         report: list | None = None, cut: float | None = None
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test): test = sessions whose last event is at or after t_max - `test_seconds`.
+    """(train, test): test = sessions whose last event is at or after the cut, t_max -
+    `test_seconds` (or `cut`, unix seconds, when given).
 
     The boundary is inclusive, as in the original script (`preprocess.time_split` leaves a
     session ending exactly at the cut in the training set).
     """
-    if not test_seconds > 0:
+    if cut is None and not (test_seconds is not None and test_seconds > 0):
         raise ValueError(f"`test_seconds` should be a positive number. Received: {test_seconds!r}")
     end = events.groupby(SESSION)[TIME].transform("max").to_numpy()
-    cut = float(events[TIME].max()) - test_seconds
+    cut = float(events[TIME].max()) - test_seconds if cut is None else float(cut)
     is_test = end >= cut
     train, test = events[~is_test], events[is_test]
     if len(train) == 0 or len(test) == 0:
         raise ValueError(
-            f"A split at {test_seconds:g} s before the last event leaves "
-            f"{len(train)} training and {len(test)} test events: the log spans "
-            f"{float(events[TIME].max() - events[TIME].min()):.0f} s")
-    logger.info("split at %.3f: %d train events / %d sessions, %d test events / %d sessions",
-                cut, len(train), train[SESSION].nunique(), len(test), test[SESSION].nunique())
+            f"A split at {iso_time(cut)} leaves {len(train)} training and {len(test)} test "
+            f"events: the log spans {iso_time(events[TIME].min())} to "
+            f"{iso_time(events[TIME].max())} "
+            f"({float(events[TIME].max() - events[TIME].min()):.0f} s)")
+    logger.info("split at %s: %d train events / %d sessions, %d test events / %d sessions",
+                iso_time(cut), len(train), train[SESSION].nunique(), len(test),
+                test[SESSION].nunique())
     if report is not None:
         report.append({"step": "split by session end", "cut_time": cut,
-                       "train_events": len(train), "train_sessions": int(train[SESSION].nunique()),
+                       "cut_date": iso_time(cut), "train_events": len(train),
+                       "train_sessions": int(train[SESSION].nunique()),
                        "test_events": len(test), "test_sessions": int(test[SESSION].nunique())})
     return train, test
+
+
+def collapse_repeats(events: pd.DataFrame, report: list | None = None) -> pd.DataFrame:
+    """Drop each event whose item is the item of the event before it in its session (by
+    time; equal times keep the frame's order): a run of clicks on one item becomes one."""
+    codes = pd.factorize(events[SESSION])[0]
+    order = np.lexsort((events[TIME].to_numpy(), codes))
+    items = pd.factorize(events[ITEM])[0][order]
+    sessions = codes[order]
+    repeat = np.zeros(len(events), dtype=bool)
+    repeat[order[1:]] = (items[1:] == items[:-1]) & (sessions[1:] == sessions[:-1])
+    out = events[~repeat]
+    _record(report, "repeats of an item collapsed", events, out)
+    return out
 
 
 def restrict_to_known_items(

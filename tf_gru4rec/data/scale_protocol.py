@@ -1,11 +1,11 @@
 """The protocol of `prepare_log` run by DuckDB on tables larger than memory.
 
-Same steps, same order, same report entries as `tf_gru4rec.data.prepare_log.prepare_log`
-(which runs them with pandas): the fixed point of the short-session and rare-item filters,
-the split(s) by session end (inclusive boundary), the known-items restriction of the test
-(and validation) sessions. The tables hold the columns `row` (int64, the event's 0-based row
-in the input file: the tie-break that keeps the input order of equal times), `SessionId`,
-`ItemId`, `Time` (float64 seconds).
+Same steps (the optional collapse of repeats first), same order, same report entries as
+`tf_gru4rec.data.prepare_log.prepare_log` (which runs them with pandas): the fixed point of
+the short-session and rare-item filters, the split(s) by session end (inclusive boundary),
+the known-items restriction of the test (and validation) sessions. The tables hold
+the columns `row` (int64, the event's 0-based row in the input file: the tie-break that keeps
+the input order of equal times), `SessionId`, `ItemId`, `Time` (float64 seconds).
 
 `run_protocol(con, "events", ...)` leaves the tables `train`, `test` (and `valid`) in `con`.
 """
@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 
 from tf_gru4rec.data.io import DataError
+from tf_gru4rec.data.prepare_log import protocol_parameters
+from tf_gru4rec.data.preprocess import iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +33,23 @@ def table_summary(con, table: str) -> dict:
 
 
 def run_protocol(con, table: str, test_seconds: float, valid_seconds: float = 0.0,
-                 min_session_length: int = 2, min_item_support: int = 5) -> dict:
+                 min_session_length: int = 2, min_item_support: int = 5,
+                 test_start: float | None = None, valid_start: float | None = None,
+                 collapse: bool = False) -> dict:
     """Filter `table` in place, split it into `train`, `test` (`valid`); the report as
     `prepare_log` gives it (input, parameters, steps, outputs).
 
     Raises:
       DataError: when a step leaves nothing (the message names the step).
     """
-    report = {"input": table_summary(con, table), "test_seconds": float(test_seconds),
-              "valid_seconds": float(valid_seconds),
-              "min_session_length": int(min_session_length),
-              "min_item_support": int(min_item_support), "steps": []}
+    parameters = protocol_parameters(test_seconds, valid_seconds, min_session_length,
+                                     min_item_support, test_start, valid_start, collapse)
+    report = {"input": table_summary(con, table), **parameters, "steps": []}
     steps = report["steps"]
     n_input = report["input"]["events"]
     counts = _counts(con, table)
+    if collapse:
+        counts = _collapse_repeats(con, table, counts, steps)
     counts = _drop_short(con, table, min_session_length, counts, steps)
     while True:
         n = counts[0]
@@ -55,15 +60,17 @@ def run_protocol(con, table: str, test_seconds: float, valid_seconds: float = 0.
     if counts[0] == 0:
         raise DataError(f"the filters (sessions >= {min_session_length} events, items >= "
                         f"{min_item_support} events) leave no event of {n_input}")
-    _split(con, table, "train", "test", test_seconds, "test", steps)
+    _split(con, table, "train", "test", test_seconds, "test", steps, test_start)
     names = ["train", "test"]
-    if valid_seconds > 0:
+    has_valid = valid_seconds > 0 or valid_start is not None
+    if has_valid:
         con.execute("ALTER TABLE train RENAME TO train_all")
-        _split(con, "train_all", "train", "valid", valid_seconds, "validation", steps)
+        _split(con, "train_all", "train", "valid", valid_seconds, "validation", steps,
+               valid_start)
         con.execute("DROP TABLE train_all")
         names.append("valid")
     _known(con, "test", "test", steps)
-    if valid_seconds > 0:
+    if has_valid:
         _known(con, "valid", "validation", steps)
     report["outputs"] = {name: table_summary(con, name) for name in names}
     return report
@@ -97,6 +104,15 @@ def _delete(con, table: str, where: str, step: str, before: tuple, steps: list) 
     return after
 
 
+def _collapse_repeats(con, table: str, before: tuple, steps: list) -> tuple:
+    """As `preprocess.collapse_repeats`: the events whose item is the previous event's in
+    their session (by time, then input row)."""
+    where = (f"row IN (SELECT row FROM (SELECT row, ItemId, lag(ItemId) OVER (PARTITION BY "
+             f"SessionId ORDER BY Time, row) AS previous FROM {table}) "
+             "WHERE ItemId = previous)")
+    return _delete(con, table, where, "repeats of an item collapsed", before, steps)
+
+
 def _drop_short(con, table: str, min_length: int, before: tuple, steps: list,
                 step: str | None = None) -> tuple:
     where = (f"SessionId IN (SELECT SessionId FROM {table} GROUP BY SessionId "
@@ -111,11 +127,12 @@ def _drop_rare(con, table: str, min_support: int, before: tuple, steps: list) ->
 
 
 def _split(con, source: str, first: str, last: str, seconds: float, name: str,
-           steps: list) -> None:
-    """`first` = sessions of `source` ending before t_max - `seconds`, `last` = the others
-    (as `preprocess.split_by_session_end`, inclusive boundary)."""
+           steps: list, start: float | None = None) -> None:
+    """`first` = sessions of `source` ending before t_max - `seconds` (or `start`), `last` =
+    the others (as `preprocess.split_by_session_end`, inclusive boundary)."""
     t_min, t_max = con.execute(f"SELECT min(Time), max(Time) FROM {source}").fetchall()[0]
-    cut = float(t_max) - seconds  # the same float64 arithmetic as the pandas path
+    # the same float64 arithmetic as the pandas path
+    cut = float(t_max) - seconds if start is None else float(start)
     con.execute(f"CREATE OR REPLACE TEMP TABLE split_ends AS SELECT SessionId FROM {source} "
                 "GROUP BY SessionId HAVING max(Time) >= ?", [cut])
     con.execute(f"CREATE OR REPLACE TABLE {last} AS SELECT s.* FROM {source} s "
@@ -126,13 +143,13 @@ def _split(con, source: str, first: str, last: str, seconds: float, name: str,
     train, test = _counts(con, first), _counts(con, last)
     if train[0] == 0 or test[0] == 0:
         raise DataError(
-            f"the {name} split: A split at {seconds:g} s before the last event leaves "
-            f"{train[0]} training and {test[0]} test events: the log spans "
-            f"{float(t_max - t_min):.0f} s")
-    logger.info("split at %.3f: %d train events / %d sessions, %d test events / %d sessions",
-                cut, train[0], train[1], test[0], test[1])
+            f"the {name} split: A split at {iso_time(cut)} leaves {train[0]} training and "
+            f"{test[0]} test events: the log spans {iso_time(t_min)} to {iso_time(t_max)} "
+            f"({float(t_max - t_min):.0f} s)")
+    logger.info("split at %s: %d train events / %d sessions, %d test events / %d sessions",
+                iso_time(cut), train[0], train[1], test[0], test[1])
     steps.append({"step": f"{name} split by session end", "cut_time": cut,
-                  "train_events": train[0], "train_sessions": train[1],
+                  "cut_date": iso_time(cut), "train_events": train[0], "train_sessions": train[1],
                   "test_events": test[0], "test_sessions": test[1]})
 
 

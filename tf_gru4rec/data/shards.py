@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tf_gru4rec.data.io import ITEM, SESSION, TIME, DataError
+from tf_gru4rec.data.io import ITEM, SESSION, TIME, DataError, normalise_ids
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.shard_writer import FORMAT, ITEM_INDEX, SUPPORT
 from tf_gru4rec.data.vocabulary import ItemVocabulary
@@ -89,7 +89,8 @@ class ShardSet:
         if not np.array_equal(index, np.arange(len(index))):
             raise DataError(f"{items_path}: column {ITEM_INDEX!r} is not 0..{len(index) - 1} "
                             "in order; expected the file written by `prepare log --shards`")
-        vocabulary = ItemVocabulary(items.column(ITEM).to_numpy(zero_copy_only=False))
+        vocabulary = ItemVocabulary(_as_read(items.column(ITEM).to_numpy(zero_copy_only=False),
+                                             items_path))
         support = items.column(SUPPORT).to_numpy().astype(np.int64)
         return cls(root, shards, vocabulary, support)
 
@@ -142,3 +143,13 @@ class ShardSet:
     def __repr__(self) -> str:
         return (f"ShardSet({self.root!r}, shards={len(self.shards)}, events={self.n_events}, "
                 f"sessions={self.n_sessions}, items={self.n_items})")
+
+
+def _as_read(raw_ids: np.ndarray, path: str) -> np.ndarray:
+    """The vocabulary's ids typed as `read_events` types the ids of test.parquet (and of any
+    other log): text ids that are all integers become int64, so "123" in items.parquet and
+    123 read from a test file are one item. Kept as text when that would merge two ids."""
+    ids = normalise_ids(raw_ids, path)
+    if ids.dtype.kind == "i" and len(np.unique(ids)) < len(ids):
+        return raw_ids
+    return ids

@@ -24,6 +24,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
+from tf_gru4rec.tf_quiet import deprecation_notices_hidden
+
 logger = logging.getLogger(__name__)
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -50,7 +52,7 @@ class SessionBundle:
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         try:
-            with self.graph.as_default():
+            with self.graph.as_default(), deprecation_notices_hidden():
                 meta_graph = tf.compat.v1.saved_model.loader.load(
                     self.session, list(tags), self.path)
         except BaseException:
@@ -127,7 +129,7 @@ class SessionBundle:
         path = os.path.join(self.path, WARMUP_PATH)
         if not os.path.exists(path):
             return
-        for record in tf.compat.v1.io.tf_record_iterator(path):
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             log = prediction_log_pb2.PredictionLog.FromString(record)
             if log.WhichOneof("log_type") != "predict_log":
                 continue

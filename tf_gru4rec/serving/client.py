@@ -3,6 +3,7 @@
 Only `grpcio`, `numpy` and the `tensorflow-serving-api` protos are used: no training code.
 
   client = PredictionClient("127.0.0.1:8500", "gru4rec", timeout=2.0)
+  client.wait(60)                                        # a server still starting
   out = client.click(["session-1"], ["214536502"])     # stateful serving_default
   out["item_ids"][0]                                     # K raw item ids (str)
   client.end_sessions(["session-1"])
@@ -21,6 +22,7 @@ back as `str`, other tensors as numpy arrays.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -214,6 +216,10 @@ class PredictionClient:
         except ServingError:
             return False
 
+    def wait(self, seconds: float, poll: float = 0.5) -> None:
+        """Wait until the model is AVAILABLE, for at most `seconds` (see `wait_until_ready`)."""
+        wait_until_ready(self, seconds, self.target, poll)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -330,6 +336,39 @@ class RestClient:
             return any(s["state"] == "AVAILABLE" for s in self.status(timeout))
         except ServingError:
             return False
+
+    def wait(self, seconds: float, poll: float = 0.5) -> None:
+        """Wait until the model is AVAILABLE, for at most `seconds` (see `wait_until_ready`)."""
+        wait_until_ready(self, seconds, self.base_url, poll)
+
+
+def wait_until_ready(client, seconds: float, target: str, poll: float = 0.5) -> None:
+    """Poll `client.status()` until a version of the model is AVAILABLE: a server that is
+    still starting (connection refused), or loading the model (no such model yet, or a
+    version not yet AVAILABLE), is waited for, at most `seconds` (0: asked once).
+
+    Raises:
+      ServingError: UNAVAILABLE after `seconds`, saying what the server last answered.
+    """
+    deadline = time.monotonic() + max(float(seconds), 0.0)
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            states = client.status(timeout=max(min(remaining, client.timeout), poll))
+            if any(s["state"] == "AVAILABLE" for s in states):
+                return
+            last = "the model is loading (versions: " + ", ".join(
+                f"{s['version']} {s['state']}" for s in states) + ")"
+        except ServingError as error:
+            if error.code not in ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED"):
+                raise
+            last = str(error)
+        if time.monotonic() + poll > deadline:
+            raise ServingError(
+                "UNAVAILABLE", f"model {client.model_name!r} not ready at {target} after "
+                f"waiting {seconds:g} s (last answer: {last}); is the server running (e.g. "
+                "`tf-gru4rec serve`), and on this port? Wait longer with --wait", target)
+        time.sleep(poll)
 
 
 _HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",

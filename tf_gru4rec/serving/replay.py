@@ -46,7 +46,7 @@ _END_EVERY = 256  # end finished sessions in requests of about this many ids
 
 def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
            tie_mode: str = "conservative", batch_size: int | None = None, timeout: float = 30.0,
-           read_options: dict | None = None) -> dict:
+           read_options: dict | None = None, wait: float = 0.0) -> dict:
     """Recall@K and MRR@K of the served model over the test log, computed through the server.
 
     Args:
@@ -59,6 +59,7 @@ def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
         `evaluate`'s batch size for bit-identical results (both lay out the steps with
         `evaluation_steps`).
       timeout: deadline of each request in seconds.
+      wait: seconds to wait for a server that is starting or loading the model (0: none).
 
     Returns {"recall@K": ..., "mrr@K": ..., "test_events": n, "replay_seconds": s,
     "requests": r}: the same keys and values as `evaluate`, timing aside.
@@ -72,6 +73,8 @@ def replay(target, test, model_name: str = "gru4rec", cutoffs=DEFAULT_CUTOFFS,
     try:
         events = test if isinstance(test, pd.DataFrame) else read_events(
             test, **(read_options or {}))
+        if wait > 0:
+            client.wait(wait)
         return _replay(client, events, cutoffs, tie_mode, batch_size)
     finally:
         if own_client:
