@@ -13,12 +13,13 @@ counted against the target). Without --original only tf-gru4rec runs.
 
 Datasets (from --shared-data, default ../shared/data):
   - rsc15: `rsc15_100k/` as split by session-rec (train_full -> test), used as it is.
-  - trivago: `trivago_100k/trivago_val_100k.parquet.snappy`, prepared here: the rows whose
-    `action_type` names an item (interaction item image/info/rating/deals, search for item,
-    clickout item) with `reference` as the item, then `tf-gru4rec prepare log` (sessions >= 2
-    events, items >= 5 events, the last day as test). The port reads session ids as int32, so
-    the hex session ids are mapped to integers (one map over train and test) and both systems
-    read those same files.
+  - trivago: `trivago_100k/trivago_val_100k.parquet.snappy`, prepared here with
+    `tf-gru4rec prepare log --keep action_type=...`: the rows whose `action_type` names an
+    item (interaction item image/info/rating/deals, search for item, clickout item) with
+    `reference` as the item, then the usual protocol (sessions >= 2 events, items >= 5
+    events, the last day as test), as in README's trivago walk-through. The port reads
+    session ids as int32, so the hex session ids are mapped to integers (one map over train
+    and test) and both systems read those same files.
 Default settings: `rsc15-xe` with n_sample=512 at 1 and 3 epochs on trivago (the issue's
 setting); `rsc15-xe` and `rsc15-bprmax` at 10 epochs on rsc15.
 """
@@ -67,7 +68,8 @@ def port_parameter_string(preset: str, overrides: dict, epochs: int) -> str:
 
 
 def prepare_trivago(shared: str, work: str) -> tuple[str, str]:
-    """trivago sample -> item rows -> `prepare log` -> files with integer session ids."""
+    """trivago sample -> `prepare log --keep action_type=<item actions>` -> the same files
+    with integer session ids (one map over train and test)."""
     import pandas as pd
 
     out = os.path.join(work, "trivago")
@@ -75,16 +77,12 @@ def prepare_trivago(shared: str, work: str) -> tuple[str, str]:
     if os.path.exists(train) and os.path.exists(test):
         return train, test
     os.makedirs(out, exist_ok=True)
-    raw = pd.read_parquet(os.path.join(shared, TRIVAGO_FILE),
-                          columns=["session_id", "timestamp", "action_type", "reference"])
-    items = raw[raw["action_type"].isin(ITEM_ACTIONS)]
-    log = os.path.join(out, "item_events.tsv")
-    items[["session_id", "reference", "timestamp"]].to_csv(log, sep="\t", index=False)
     subprocess.run([sys.executable, "-m", "tf_gru4rec.cli", "-v", "WARNING", "prepare", "log",
-                    "--input", log, "--out", os.path.join(out, "prepared"),
-                    "--session-col", "session_id", "--item-col", "reference",
-                    "--time-col", "timestamp"], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)
+                    "--input", os.path.join(shared, TRIVAGO_FILE),
+                    "--out", os.path.join(out, "prepared"), "--session-col", "session_id",
+                    "--item-col", "reference", "--time-col", "timestamp",
+                    "--keep", "action_type=" + ",".join(ITEM_ACTIONS)],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     frames = [pd.read_csv(os.path.join(out, "prepared", f"{name}.tsv"), sep="\t",
                           dtype={"SessionId": str, "ItemId": str})
               for name in ("train", "test")]

@@ -8,6 +8,8 @@ benchmarks/accuracy.py (BENCHMARKS.md, benchmarks/results/accuracy_issue12.json)
 original implementation's numbers on the same files are beside them (REPRODUCTION.md).
 """
 
+import os
+
 import pytest
 
 from tf_gru4rec.config import load_preset
@@ -88,32 +90,24 @@ def test_two_workers_reach_single_worker_accuracy(rsc15_paths, tmp_path):
 # / 0.886-0.897 over seeds 0-2, the PyTorch port 0.960-0.965 / 0.885-0.902. With the former
 # reset-before cell and exact-logsumexp cross-entropy ours was 0.950-0.957 / 0.814-0.837.
 TRIVAGO_BARS = (0.95, 0.87)
-ITEM_ACTIONS = ["interaction item image", "interaction item info", "interaction item rating",
-                "interaction item deals", "search for item", "clickout item"]
+ITEM_ACTIONS = ("interaction item image,interaction item info,interaction item rating,"
+                "interaction item deals,search for item,clickout item")
 
 
 @pytest.fixture(scope="module")
 def trivago_prepared(tmp_path_factory):
-    import os
-
-    import pandas as pd
+    from conftest import trivago_file
 
     from tf_gru4rec.cli import main
 
-    raw = os.environ.get("TF_GRU4REC_TRIVAGO", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-        "trivago_100k", "trivago_val_100k.parquet.snappy"))
+    raw = trivago_file()
     if not os.path.exists(raw):
-        pytest.skip(f"trivago sample not found at {raw} (set TF_GRU4REC_TRIVAGO)")
-    out = tmp_path_factory.mktemp("trivago")
-    frame = pd.read_parquet(raw, columns=["session_id", "timestamp", "action_type", "reference"])
-    frame = frame[frame["action_type"].isin(ITEM_ACTIONS)]
-    frame[["session_id", "reference", "timestamp"]].to_csv(out / "items.tsv", sep="\t",
-                                                            index=False)
-    assert main(["-v", "WARNING", "prepare", "log", "--input", str(out / "items.tsv"), "--out",
-                 str(out / "prepared"), "--session-col", "session_id", "--item-col",
-                 "reference", "--time-col", "timestamp"]) == 0
-    return str(out / "prepared" / "train.tsv"), str(out / "prepared" / "test.tsv")
+        pytest.skip(f"the trivago sample not found at {raw} (set TF_GRU4REC_TRIVAGO)")
+    out = tmp_path_factory.mktemp("trivago") / "prepared"
+    assert main(["-v", "WARNING", "prepare", "log", "--input", raw, "--out", str(out),
+                 "--session-col", "session_id", "--item-col", "reference", "--time-col",
+                 "timestamp", "--keep", f"action_type={ITEM_ACTIONS}"]) == 0
+    return str(out / "train.tsv"), str(out / "test.tsv")
 
 
 @pytest.mark.slow
