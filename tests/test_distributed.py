@@ -245,6 +245,7 @@ def test_custom_loop_on_one_shard_trains_as_fit_on_its_log(small_logs, tmp_path)
                                    atol=2e-5, err_msg=mine.path)
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
     """3 shards for 2 workers: worker 0 reads shards 0 and 2, worker 1 shard 1, so worker 1
     runs out first and pads; both still end identical, and every event is trained on."""

@@ -142,6 +142,7 @@ def click_files(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 def test_reproduce_quick_writes_the_table_beside_the_paper(click_files, tmp_path):
     out = tmp_path / "report.md"
     assert main(["-v", "WARNING", "reproduce", "--train", click_files["train"],

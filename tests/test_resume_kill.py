@@ -84,6 +84,7 @@ def test_sigkill_mid_epoch_with_dropout_then_rerun_equals_uninterrupted(files, r
     assert not os.path.exists(backup)
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 def test_sigkill_during_backup_write_does_not_block_the_rerun(files, reference, tmp_path):
     out, backup = tmp_path / "model", str(tmp_path / "backup")
     args = command(files, out, "--backup-dir", backup)

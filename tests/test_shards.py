@@ -302,6 +302,7 @@ SMALL_TRAINING = ["--set", "n_epochs=1", "--set", "batch_size=512", "--set", "n_
                   "--set", "layers=16"]
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 def test_shards_prepare_and_train_a_log_the_in_memory_path_cannot_under_the_same_caps(tmp_path):
     path = _synthetic_log(tmp_path / "log.csv", N_EVENTS)
     env = {**os.environ, "PYTHONPATH": REPO, "ARROW_DEFAULT_MEMORY_POOL": "system",
