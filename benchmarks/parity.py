@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+from run import machine  # noqa: E402  (benchmarks/run.py; imports no TensorFlow)
+
 from tf_gru4rec.config import load_preset  # noqa: E402  (no TensorFlow)
 
 ITEM_ACTIONS = ["interaction item image", "interaction item info", "interaction item rating",
@@ -133,19 +134,6 @@ def run_original(python: str, original: str, train: str, test: str, preset: str,
                                          / result["train_seconds"])
     result["wall_seconds"] = wall
     return result
-
-
-def machine() -> str:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        flags = "AVX-512" if "avx512f" in text else ("AVX2" if "avx2" in text else "no AVX2")
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                      if line.startswith("model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
-    return f"{platform.machine()}, {os.cpu_count()} cores {model} ({flags})"
 
 
 def summarise(records: list[dict]) -> str:

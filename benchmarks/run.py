@@ -305,14 +305,18 @@ def _read_text(path: str) -> str | None:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
+    """The machine in one line: architecture, cores, CPU model, its widest vector ISA, Python."""
+    cpu, isa = "unknown CPU", "ISA unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
+            text = f.read()
+        cpu = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                    if line.startswith("model name")), cpu)
+        isa = "AVX-512" if "avx512f" in text else ("AVX2" if "avx2" in text else "no AVX2")
+    except OSError:
         pass
     python = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {python}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu} ({isa}), Python {python}"
 
 
 def table(records: list[dict]) -> str:
