@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from tf_gru4rec.data.io import ITEM, SESSION, TIME
+from tf_gru4rec.data.preprocess import iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +290,8 @@ def train_test_split_synthetic(
     test_lengths = test.groupby(SESSION)[SESSION].transform("size").to_numpy()
     test = test[test_lengths >= 2].reset_index(drop=True)
     logger.info(
-        "Split at %.3f: train %d events / %d sessions, test %d events / %d sessions",
-        cut,
+        "Split at %s: train %d events / %d sessions, test %d events / %d sessions",
+        iso_time(cut),
         len(train),
         train[SESSION].nunique(),
         len(test),
