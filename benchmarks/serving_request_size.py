@@ -39,7 +39,7 @@ def export(path: str, n_items: int, units: int, max_rows: int) -> str:
     from tf_gru4rec.config import TrainConfig
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.export import export_model
-    from tf_gru4rec.serving_graph import ServingLimits
+    from tf_gru4rec.serving.graph.limits import ServingLimits
     from tf_gru4rec.training import build_model
 
     config = TrainConfig(layers=[units], batch_size=32, n_sample=0, jit_compile=False, seed=0)

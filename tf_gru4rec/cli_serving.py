@@ -28,7 +28,7 @@ def cmd_export(args) -> int:
         return 2
     from tf_gru4rec.export import export_model
     from tf_gru4rec.paths import check_model_dir, check_output_dir
-    from tf_gru4rec.serving_graph import ServingLimits
+    from tf_gru4rec.serving.graph.limits import ServingLimits
     from tf_gru4rec.training import load_model_dir
 
     check_model_dir(args.model)

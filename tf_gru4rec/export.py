@@ -1,25 +1,20 @@
 """Export a trained GRU4Rec as a TensorFlow Serving SavedModel version (`<base>/<version>/`).
 
-The graph and its signatures are `tf_gru4rec.serving_graph.ServingModule` (see its module
-docstring). It is written with Keras 3's `keras.export.ExportArchive`, which saves the
-`tf.Variable`s the signatures actually read (and the lookup tables), so the version runs on
-TensorFlow Serving's session-based loader (restore op, init op, SignatureDef tensor names) as
-well as through `tf.saved_model.load`. A version is staged in a hidden directory inside the
-base path and renamed into place: TF Serving never sees a partial version.
+The graph and its signatures are `tf_gru4rec.serving.graph.module.ServingModule` (see
+`tf_gru4rec.serving.graph`). It is written with Keras 3's `keras.export.ExportArchive`, which
+saves the `tf.Variable`s the signatures actually read (and the lookup tables), so the version
+runs on TensorFlow Serving's session-based loader (restore op, init op, SignatureDef tensor
+names) as well as through `tf.saved_model.load`. A version is staged in a hidden directory
+inside the base path and renamed into place (`tf_gru4rec.serving.version_dirs`): TF Serving
+never sees a partial version.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import json
 import logging
 import os
-import re
-import shutil
-import socket
-import tempfile
 import time
 
 import keras
@@ -27,23 +22,27 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.paths import fsync
-from tf_gru4rec.serving_graph import (
-    SIGNATURES,
-    WARMUP_SESSION,
-    ServingLimits,
-    ServingModule,
-    request_memory_bound,
+from tf_gru4rec.serving.graph.limits import ServingLimits, request_memory_bound
+from tf_gru4rec.serving.graph.module import ServingModule
+from tf_gru4rec.serving.graph.signatures import SIGNATURES, WARMUP_SESSION
+from tf_gru4rec.serving.version_dirs import (  # noqa: F401 (the names export used to define)
+    STAGING_PREFIX,
+    STALE_STAGING_SECONDS,
+    next_version,
+    prepare_base,
+    publish,
+    remove_stale_staging,
+    seal,
+    staging_directory,
+    taken_message,
 )
+from tf_gru4rec.serving.version_dirs import host_name as _host  # noqa: F401 (as before)
 
 logger = logging.getLogger(__name__)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 VOCAB_ASSET = "items.txt"
 EXPORT_INFO = "tf_gru4rec.json"
-STAGING_PREFIX = ".tf_gru4rec-staging-"
-STALE_STAGING_SECONDS = 3600.0  # see `remove_stale_staging`
-_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)@(.*)-[^-]+$")
-_LOCK_FILE = ".lock"
 
 
 # ---------------------------------------------------------------------- export
@@ -96,17 +95,12 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
                          f"{session_idle_seconds}")
     popular = _popular_indices(model, vocabulary, popular_items, k)
 
-    base_path = os.path.abspath(os.fspath(base_path))
-    _makedirs_readable(base_path)
-    remove_stale_staging(base_path)
+    base_path = prepare_base(base_path)
     explicit = version is not None
     version = _positive_int("version", version) if explicit else next_version(base_path)
     if explicit and os.path.lexists(os.path.join(base_path, str(version))):
-        raise FileExistsError(_taken_message(base_path, version))
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}@{_host()}-",
-                               dir=base_path)
-    lock = _lock_staging(staging)
-    try:
+        raise FileExistsError(taken_message(base_path, version))
+    with staging_directory(base_path) as staging:
         vocab_file = os.path.join(staging, VOCAB_ASSET)  # scratch: copied into assets/
         with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(s + "\n" for s in strings))
@@ -136,14 +130,14 @@ def export_model(model, vocabulary, base_path: str, version: int | None = None, 
         if warmup:
             write_warmup_requests(os.path.join(extra, WARMUP_FILE), strings[popular[0]],
                                   info["state_size"], exclude_seen)
-        _make_readable(staged)
-        _fsync_tree(staged)
-        final = _publish(staged, base_path, info, explicit)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if lock is not None:
-            os.close(lock)
-    version = info["version"]
+        seal(staged)
+
+        def renumber(number: int) -> None:  # the version number taken: the next free one
+            info["version"] = number
+            _write_info(extra, info)
+            fsync(extra)
+
+        final, version = publish(staged, base_path, version, explicit, renumber)
     logger.info("exported version %d to %s (k=%d, exclude_seen=%s, %d items)", version, final, k,
                 exclude_seen, model.n_items)
     return final
@@ -164,179 +158,12 @@ def write_saved_model(module: ServingModule, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
-def next_version(base_path: str) -> int:
-    """One more than the largest numeric subdirectory of `base_path` (1 if none)."""
-    versions = [int(n) for n in os.listdir(base_path)
-                if n.isdigit() and os.path.isdir(os.path.join(base_path, n))]
-    return max(versions, default=0) + 1
-
-
-def remove_stale_staging(base_path: str, max_age: float = STALE_STAGING_SECONDS) -> list[str]:
-    """Remove the staging directories that killed exports left in `base_path`; returns them.
-
-    An export holds an exclusive `flock` on `<staging>/.lock` until it ends (the kernel drops
-    it when the process dies, even by SIGKILL). A staging directory is left over when
-    - its lock is free and it was made on this host (the host name is in its name), or
-    - it has no lock (no lock file yet, or no locks on this file system), was made on this
-      host and its process is gone, or
-    - its lock is not held (free, or no lock) and it is older than `max_age` seconds: the only
-      rule for another host's staging directory on a shared volume, whose lock may be local to
-      that host (e.g. NFS mounted with `local_lock`).
-    A held lock always keeps the directory: that export is running, however long it takes.
-    Each removal is logged.
-    """
-    removed = []
-    for name in sorted(os.listdir(base_path)):
-        match = _STAGING_NAME.match(name)
-        path = os.path.join(base_path, name)
-        if not match or not os.path.isdir(path) or os.path.islink(path):
-            continue
-        reason = _staging_leftover(path, int(match.group(1)), match.group(2), max_age)
-        if not reason:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        if os.path.lexists(path):
-            logger.warning("cannot remove %s, left by an interrupted export (%s)", path, reason)
-        else:
-            logger.warning("removed %s, left by an interrupted export (%s)", path, reason)
-            removed.append(path)
-    return removed
-
-
-def _staging_leftover(path: str, pid: int, host: str, max_age: float) -> str | None:
-    """Why the staging directory `path` is a leftover, or None while its export may run."""
-    try:
-        fd = os.open(os.path.join(path, _LOCK_FILE), os.O_RDONLY)
-    except OSError:
-        fd = None
-    locked = None  # unknown
-    if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = False
-        except BlockingIOError:
-            return None  # the export is running
-        except OSError:
-            pass  # no locks on this file system
-        finally:
-            os.close(fd)
-    if host == _host():
-        if locked is False:
-            return "its export no longer holds its lock"
-        if not _pid_alive(pid):
-            return f"process {pid} is gone"
-    try:
-        age = time.time() - os.stat(path).st_mtime
-    except OSError:
-        return None
-    if age > max_age:
-        return f"{age / 3600:.1f} h old"
-    return None
-
-
-def _lock_staging(staging: str) -> int | None:
-    """Take the lock that marks `staging` as in use (None where the file system has none)."""
-    fd = os.open(os.path.join(staging, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        logger.debug("no lock on %s (%s): leftovers are told by process id and age", staging,
-                     error)
-        os.close(fd)
-        return None
-    return fd
-
-
-def _publish(staged: str, base_path: str, info: dict, explicit: bool) -> str:
-    """Rename the complete version `staged` to `<base_path>/<info["version"]>` and return it.
-
-    A number taken meanwhile (by a concurrent export) raises `FileExistsError` if it was asked
-    for, or else moves on to the next free number (rewriting the export info to match).
-    """
-    while True:
-        final = os.path.join(base_path, str(info["version"]))
-        if not os.path.lexists(final):
-            try:
-                os.rename(staged, final)
-            except OSError as error:
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-            else:
-                fsync(base_path)
-                return final
-        if explicit:
-            raise FileExistsError(_taken_message(base_path, info["version"]))
-        taken = info["version"]
-        info["version"] = max(taken + 1, next_version(base_path))
-        logger.info("version %d was taken by another export meanwhile: using %d", taken,
-                    info["version"])
-        extra = os.path.join(staged, "assets.extra")
-        _write_info(extra, info)
-        fsync(extra)
-
-
-def _taken_message(base_path: str, version: int) -> str:
-    return (f"Version {version} already exists in {base_path}: give another version, or none "
-            f"for the next free one ({next_version(base_path)})")
-
-
 def _write_info(extra: str, info: dict) -> None:
     path = os.path.join(extra, EXPORT_INFO)
     with open(path, "w") as f:
         json.dump(info, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _makedirs_readable(path: str) -> None:
-    """`os.makedirs(path)`, with the directories it creates at least 0755 whatever the umask."""
-    missing = []
-    head = path
-    while not os.path.isdir(head) and head != os.path.dirname(head):
-        missing.append(head)
-        head = os.path.dirname(head)
-    os.makedirs(path, exist_ok=True)
-    for created in reversed(missing):
-        os.chmod(created, os.stat(created).st_mode | 0o755)
-        fsync(os.path.dirname(created))
-
-
-def _make_readable(root: str) -> None:
-    """Directories below `root` (and it) at least 0755, files at least 0644: a server running
-    as another user reads the version whatever the exporter's umask (mkdtemp gives 0700)."""
-    os.chmod(root, os.stat(root).st_mode | 0o755)
-    for parent, dirs, files in os.walk(root):
-        for name in dirs:
-            path = os.path.join(parent, name)
-            os.chmod(path, os.stat(path).st_mode | 0o755)
-        for name in files:
-            path = os.path.join(parent, name)
-            os.chmod(path, os.stat(path).st_mode | 0o644)
-
-
-def _fsync_tree(root: str) -> None:
-    """fsync every file and directory below `root`, children before their directory."""
-    for parent, _, files in os.walk(root, topdown=False):
-        for name in files:
-            fsync(os.path.join(parent, name))
-        fsync(parent)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
-
-
-def _host() -> str:
-    """This host's name as it appears in staging directory names."""
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
 
 
 def write_warmup_requests(path: str, item_id: str, state_size: int, exclude_seen: bool,

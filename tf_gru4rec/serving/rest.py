@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from tf_gru4rec.serving.dev_server import (
+from tf_gru4rec.serving.servables import (
     ModelManager,
     RequestError,
     Servable,
