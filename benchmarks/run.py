@@ -36,9 +36,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+import isa  # noqa: E402  (benchmarks/isa.py)
+
 from tf_gru4rec.hugepages import environment as hugepages_environment  # noqa: E402  (no TF)
 
 HUGEPAGES = True  # set from --no-hugepages in main()
+ISA = "native"  # set from --isa in main()
 # Huge pages pay for large tables (1M items: 2x) and cost ~10% at a few thousand items.
 HUGEPAGE_MIN_ITEMS = 100_000
 TRAIN_FILE = "yoochoose-clicks-100k_train_full.txt.gz"
@@ -48,6 +52,10 @@ ORIGINAL_PARAMS = {
                 "layers=100,n_epochs={epochs},batch_size=32,dropout_p_embed=0.0,"
                 "dropout_p_hidden=0.4,learning_rate=0.2,momentum=0.2,n_sample=2048,"
                 "sample_alpha=0.5,bpreg=0.0,logq=1.0",
+    "rsc15-bprmax": "loss=bpr-max,constrained_embedding=True,embedding=0,elu_param=0.5,"
+                    "layers=100,n_epochs={epochs},batch_size=32,dropout_p_embed=0.0,"
+                    "dropout_p_hidden=0.0,learning_rate=0.2,momentum=0.1,n_sample=2048,"
+                    "sample_alpha=0.0,bpreg=0.5,logq=0.0",
     "paper2016-xe": "loss=cross-entropy,constrained_embedding=False,embedding=0,elu_param=0,"
                     "layers=100,n_epochs={epochs},batch_size=500,dropout_p_embed=0.0,"
                     "dropout_p_hidden=0.0,learning_rate=0.01,momentum=0.0,n_sample=0,"
@@ -58,6 +66,9 @@ ORIGINAL_PARAMS = {
 # ----------------------------------------------------------------------------- child side
 def _child_train(spec: dict) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow  # noqa: F401  (loaded before YNNPACK's CPU flags are capped)
+
+    isa_info = isa.apply_in_child()
     import keras
     import numpy as np
 
@@ -117,6 +128,7 @@ def _child_train(spec: dict) -> dict:
         "n_items": log.n_items,
         "events_per_epoch": int(events_per_epoch),
         "flops_per_event": flops_per_training_event(config, log.n_items),
+        **isa_info,
     }
     if spec.get("evaluate", True):
         metrics = evaluate(model, test_log)  # first call includes tracing
@@ -149,6 +161,8 @@ def _child_matmul_rate() -> dict:
     import numpy as np
     import tensorflow as tf
 
+    isa.apply_in_child()
+
     rates = {}
     for n in (512, 1024, 2048):
         a = tf.constant(np.random.default_rng(0).normal(size=(n, n)).astype("float32"))
@@ -173,6 +187,7 @@ def child_main(spec_json: str) -> None:
 # ----------------------------------------------------------------------------- parent side
 def run_child(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = isa.environment(ISA, env, "ours")
     if HUGEPAGES and spec.get("synthetic_items", 0) >= HUGEPAGE_MIN_ITEMS:
         env = hugepages_environment(env)
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -196,7 +211,8 @@ def run_original(original: str, python: str, data: str, preset: str, epochs: int
                ORIGINAL_PARAMS[preset].format(epochs=epochs), "-d", "cpu", "-m", "20",
                "-e", "conservative"]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=original,
+                              env=isa.environment(ISA, dict(os.environ), "original"))
         wall = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     text = proc.stdout + proc.stderr
@@ -225,6 +241,8 @@ def main() -> None:
         "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
     parser.add_argument("--original", help="checkout of GRU4Rec_PyTorch_Official (optional)")
     parser.add_argument("--original-python", default="python3")
+    parser.add_argument("--isa", choices=isa.ISAS, default="native",
+                        help="avx2: both sides as on a CPU without AVX-512 (benchmarks/isa.py)")
     parser.add_argument("--presets", nargs="*", default=["rsc15-xe", "paper2016-xe"],
                         help="presets measured on the RSC15 sample (default: both)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -237,8 +255,9 @@ def main() -> None:
     parser.add_argument("--no-hugepages", action="store_true",
                         help="run the large synthetic catalogues without huge pages")
     args = parser.parse_args()
-    global HUGEPAGES
+    global HUGEPAGES, ISA
     HUGEPAGES = not args.no_hugepages
+    ISA = args.isa
     if args.child:
         child_main(args.child)
         return
@@ -283,7 +302,11 @@ def main() -> None:
             "steps": args.synthetic_steps, "evaluate": n_items <= 100_000})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "isa": ISA,
+                   "affinity": sorted(os.sched_getaffinity(0)),
+                   "torch_capability": (isa.torch_capability(
+                       args.original_python, isa.environment(ISA, dict(os.environ), "original"))
+                       if args.original else None),
                    "command": " ".join(sys.argv), "hugepages": HUGEPAGES,
                    "transparent_hugepage": _read_text(
                        "/sys/kernel/mm/transparent_hugepage/enabled"),
@@ -306,17 +329,17 @@ def _read_text(path: str) -> str | None:
 
 def machine() -> str:
     """The machine in one line: architecture, cores, CPU model, its widest vector ISA, Python."""
-    cpu, isa = "unknown CPU", "ISA unknown"
+    cpu, widest = "unknown CPU", "ISA unknown"
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
         cpu = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                     if line.startswith("model name")), cpu)
-        isa = "AVX-512" if "avx512f" in text else ("AVX2" if "avx2" in text else "no AVX2")
+        widest = "AVX-512" if "avx512f" in text else ("AVX2" if "avx2" in text else "no AVX2")
     except OSError:
         pass
     python = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu} ({isa}), Python {python}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu} ({widest}), Python {python}"
 
 
 def table(records: list[dict]) -> str:
@@ -329,7 +352,8 @@ def table(records: list[dict]) -> str:
         orig_text = f"{orig:,.0f}" if orig else "-"
         speedup = f"{r['speedup_vs_original']:.2f}x" if orig else "-"
         lines.append(
-            f"| {r['name']} | {r['train_events_per_second']:,.0f} | {orig_text} | {speedup} | "
+            f"| {r['name']} ({ISA}) | {r['train_events_per_second']:,.0f} | {orig_text} | "
+            f"{speedup} | "
             f"{r.get('eval_events_per_second', float('nan')):,.0f} | {r['peak_rss_mb']:,.0f} | "
             f"{r['flops_per_event'] / 1e6:.2f} M | {100 * r['fraction_of_matmul_ceiling']:.1f}% |")
     return "\n".join(lines)

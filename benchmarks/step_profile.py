@@ -1,0 +1,253 @@
+"""Where one training step's time goes, and the matrix-product ceiling at the model's shapes.
+
+    python benchmarks/step_profile.py [--preset rsc15-xe] [--isa native|avx2] \
+        [--data ../shared/data/rsc15_100k] [--out benchmarks/results/step_profile.json]
+
+In one fresh process per call (run it under `taskset -c 0` for a one-core profile):
+  1. the ceiling: the step's matrix products at the model's own shapes (the scores of the
+     sampled items forward, their two backward products, and the GRU's products forward and
+     backward), each alone in an XLA loop of 200 iterations, with the same XLA flags and dot
+     library as training; the sum of their times is the least a step could take;
+  2. a steady epoch of training (after one epoch of compilation) under the TensorFlow
+     profiler with XLA's per-thunk trace (`--xla_cpu_enable_xprof_traceme`); the thunks'
+     times per step, grouped by what they compute (from the optimised HLO's shapes);
+  3. the fraction of the ceiling reached: ceiling time / steady step time.
+`--isa avx2` runs it as on a CPU without AVX-512 (`benchmarks/isa.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
+from run import TRAIN_FILE, machine  # noqa: E402  (no TensorFlow)
+
+INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* [\w\-]+\(([^)]*)\)")
+
+
+def product_shapes(config, n_items: int) -> dict[str, tuple[int, int, int]]:
+    """The step's matrix products as (m, k, n): out[m, n] = a[m, k] @ b[k, n]."""
+    b, h = config.batch_size, config.layers[-1]
+    columns = b + config.n_sample
+    shapes = {
+        "scores forward [B,H]x[H,C]": (b, h, columns),
+        "scores backward to hidden [B,C]x[C,H]": (b, columns, h),
+        "scores backward to items [C,B]x[B,H]": (columns, b, h),
+    }
+    in_dim = h if config.constrained_embedding else (config.embedding or 0)
+    for i, units in enumerate(config.layers):
+        inputs = in_dim if i == 0 else config.layers[i - 1]
+        if inputs:  # a one-hot first layer gathers rows instead
+            shapes[f"GRU {i} input forward"] = (b, inputs, 3 * units)
+            shapes[f"GRU {i} input backward (x2)"] = (2 * b, inputs, 3 * units)
+        shapes[f"GRU {i} recurrent forward"] = (b, units, 3 * units)
+        shapes[f"GRU {i} recurrent backward (x2)"] = (2 * b, units, 3 * units)
+    return shapes
+
+
+def ceiling(shapes: dict, iterations: int = 200, repeats: int = 11) -> dict:
+    """Microseconds of each product alone in an XLA loop (median of `repeats` calls)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    result = {}
+    for name, (m, k, n) in shapes.items():
+        a = tf.constant(rng.normal(size=(m, k)).astype("float32"))
+        b = tf.constant(rng.normal(size=(k, n)).astype("float32"))
+
+        @tf.function(jit_compile=True)
+        def loop(a, b):
+            def body(i, acc):  # each product depends on the last: no hoisting out of the loop
+                out = tf.matmul(a + acc * 1e-30, b)
+                return i + 1, acc + out[0, 0]
+            return tf.while_loop(lambda i, acc: i < iterations, body, (0, 0.0))[1]
+
+        loop(a, b).numpy()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            loop(a, b).numpy()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times) / iterations
+        result[name] = {"shape": [m, k, n], "us": seconds * 1e6,
+                        "gflops": 2 * m * k * n / seconds / 1e9}
+    return result
+
+
+def hlo_shapes(dump_dir: str) -> dict[str, tuple[list[int], list[str]]]:
+    """(output shape, operand names) of the instructions of the largest optimised module (the
+    training block)."""
+    files = glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))
+    shapes = {}
+    with open(max(files, key=os.path.getsize)) as f:
+        for line in f:
+            match = INSTRUCTION.match(line)
+            if match:
+                dims = match.group(3)
+                operands = re.findall(r"%([\w.\-]+)", match.group(4))
+                shapes[match.group(1)] = ([int(d) for d in dims.split(",")] if dims else [],
+                                          operands)
+    return shapes
+
+
+def category(name: str, shapes: dict, n_items: int, columns: int, batch: int) -> str:
+    shape, operands = shapes[name]
+    if name.startswith(("MatMul", "ynn_fusion", "dot", "xnn_fusion", "onednn")):
+        operand_dims = [d for op in operands for d in shapes.get(op, ([], []))[0]]
+        return ("products: sampled scores" if columns in shape or columns in operand_dims
+                else "products: GRU")
+    if shape[:1] in ([n_items], [columns + batch]):  # the table, its gradient rows
+        return "item table: gradient rows and update"
+    if columns in shape:
+        return "sampled scores: softmax / loss / logQ"
+    if "gather" in name or "scatter" in name:
+        return "gathers and scatters (other)"
+    return "GRU elementwise, small optimizer updates, other"
+
+
+def profile(config, data: str, isa_info: dict) -> dict:
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from tf_gru4rec.data.io import read_events
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.input_pipeline import SessionParallelInput
+    from tf_gru4rec.training import build_model
+
+    events = read_events(os.path.join(data, TRAIN_FILE))
+    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
+    log = SessionLog.from_events(events, vocabulary)
+    keras.utils.set_random_seed(0)
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  sample_alpha=config.sample_alpha,
+                                  steps_per_block=config.steps_per_execution)
+    model = build_model(config, log.n_items, log.item_support())
+    dataset = source.dataset(blocks=True)
+
+    def epoch():
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[source.callback()])
+        return time.perf_counter() - start
+
+    epoch()  # compilation
+    plain = [epoch() for _ in range(3)]
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        profiled = epoch()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    steps = source.steps_per_epoch()
+    thunk_us = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            if "Eigen" not in line.name and "Compute" not in line.name:
+                continue  # XLA's thunks run on TensorFlow's compute and intra-op threads
+            for event in line.events:
+                thunk_us[names.get(event.metadata_id, "?")] += event.duration_ps / 1e6 / steps
+    return {"steps_per_epoch": steps, "epoch_seconds": plain, "profiled_epoch_seconds": profiled,
+            "step_us": statistics.median(plain) / steps * 1e6, "thunk_us": dict(thunk_us),
+            "n_items": log.n_items}
+
+
+def child(args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    dump = tempfile.mkdtemp()
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                               f"--xla_cpu_enable_xprof_traceme=true --xla_dump_to={dump} "
+                               "--xla_dump_hlo_as_text").strip()
+    import tensorflow as tf  # noqa: F401  (before capping YNNPACK)
+
+    isa_info = isa_cap.apply_in_child()
+    from tf_gru4rec.config import load_preset
+
+    config = load_preset(args.preset)
+    result = profile(config, args.data, isa_info)
+    shapes = hlo_shapes(dump)
+    subprocess.run(["rm", "-rf", dump], check=False)
+    columns = config.batch_size + config.n_sample
+    skip = ("ThunkExecutor", "while", "CpuExecutable", "BlockUntilReady", "Execute", "Process")
+    groups = collections.Counter()
+    top = []
+    for name, us in sorted(result["thunk_us"].items(), key=lambda kv: -kv[1]):
+        if name.startswith(skip) or name not in shapes:
+            continue
+        group = category(name, shapes, result["n_items"], columns, config.batch_size)
+        groups[group] += us
+        top.append({"thunk": name, "shape": shapes[name][0], "us_per_step": us,
+                    "group": group})
+    products = ceiling(product_shapes(config, result["n_items"]))
+    ceiling_us = sum(p["us"] for p in products.values())
+    return {"preset": args.preset, "isa": args.isa, **isa_info,
+            "step_us": result["step_us"], "epoch_seconds": result["epoch_seconds"],
+            "events_per_second": 0 if not result["step_us"] else
+            1e6 / result["step_us"] * config.batch_size,
+            "groups_us_per_step": dict(groups.most_common()), "top_thunks": top[:25],
+            "ceiling_products": products, "ceiling_us": ceiling_us,
+            "fraction_of_ceiling": ceiling_us / result["step_us"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="rsc15-xe")
+    parser.add_argument("--isa", choices=isa_cap.ISAS, default="native")
+    parser.add_argument("--data", default=os.environ.get(
+        "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "step_profile.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.stdout.write("RESULT " + json.dumps(child(args)) + "\n")
+        return
+    if not os.path.exists(os.path.join(args.data, TRAIN_FILE)):
+        sys.exit(f"{os.path.join(args.data, TRAIN_FILE)} not found: give --data")
+    env = isa_cap.environment(args.isa, dict(os.environ, PYTHONPATH=REPO), "ours")
+    proc = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env,
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        sys.exit(proc.stderr[-3000:])
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                   "affinity": sorted(os.sched_getaffinity(0)),
+                   "command": " ".join(sys.argv)})
+    records = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            records = json.load(f)
+    records.append(result)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(records, f, indent=2)
+    print(f"{args.preset} ({args.isa}, cores {result['affinity']}): "
+          f"{result['step_us']:.0f} us/step, {result['events_per_second']:,.0f} events/s; "
+          f"products alone at the model's shapes {result['ceiling_us']:.0f} us "
+          f"({100 * result['fraction_of_ceiling']:.0f}% of the step)")
+    for group, us in result["groups_us_per_step"].items():
+        print(f"  {us:7.1f} us  {group}")
+    for name, p in result["ceiling_products"].items():
+        print(f"  ceiling {name}: {p['us']:.1f} us ({p['gflops']:.0f} GFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
