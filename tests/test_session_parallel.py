@@ -97,6 +97,16 @@ def test_dataset_yields_the_steps_and_follows_the_epoch(synthetic_log):
     assert not np.array_equal(np.stack([e["negatives"] for e in epoch1])[:10], negatives[:10])
 
 
+def test_dataset_runs_without_tf_data_autotuning(synthetic_log):
+    # Autotuning's optimisation thread made every epoch's iterator teardown wait 1-2 s with
+    # the GIL held (BENCHMARKS.md, issue 22): the training input has a fixed prefetch instead.
+    source = SessionParallelInput(synthetic_log[0], 8, n_sample=5)
+    for blocks in (False, True):
+        dataset = source.dataset(blocks=blocks)
+        assert dataset.options().autotune.enabled is False
+        assert dataset.options().deterministic is True
+
+
 def test_dataset_resumes_mid_epoch(synthetic_log):
     log = synthetic_log[0]
     source = SessionParallelInput(log, 8, n_sample=0)

@@ -24,6 +24,8 @@ from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.sampling import NegativeSampler
 from tf_gru4rec.session_parallel import StepArrays, session_order, session_parallel_steps
 
+PREFETCH_BLOCKS = 2  # elements (steps or blocks) prepared ahead of the training loop
+
 
 class SessionParallelInput:
     """Builds the per-epoch session-parallel steps of a `SessionLog` and their dataset.
@@ -103,8 +105,13 @@ class SessionParallelInput:
 
         options = tf.data.Options()
         options.deterministic = True
+        # No autotuning: its optimisation thread sleeps between rounds, and destroying an
+        # epoch's iterator (Keras makes a new one every epoch) waits for that thread with the
+        # GIL held: 1-2 s per epoch of a ~3 s epoch (BENCHMARKS.md, issue 22). A
+        # fixed buffer of two blocks keeps the next block ready while one trains.
+        options.autotune.enabled = False
         return (tf.data.Dataset.from_tensors(0).flat_map(make_epoch)
-                .prefetch(tf.data.AUTOTUNE).with_options(options))
+                .prefetch(PREFETCH_BLOCKS).with_options(options))
 
     def element_spec(self, blocks: bool = False) -> dict:
         lead = [None] if blocks else []
