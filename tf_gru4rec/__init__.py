@@ -1,3 +1,79 @@
-"""tf-gru4rec: GRU4Rec session-based recommendations in TensorFlow/Keras 3."""
+"""tf-gru4rec: GRU4Rec session-based recommendations in TensorFlow/Keras 3.
+
+Modules that moved into a stage's subpackage (README, "How the code is laid out") stay
+importable under their old names: `MOVED_MODULES` maps an old dotted name to the new one, and
+importing the old name gives the very same module object (so classes, `isinstance` and Keras
+registrations are shared) with a `DeprecationWarning` naming the new path. A moved package
+takes its submodules along (`tf_gru4rec.layers.gru_stack` is `tf_gru4rec.nn.layers.gru_stack`).
+The hook is defined here, not in a module of its own, so that importing `tf_gru4rec` loads no
+other module of the package (and never TensorFlow).
+"""
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import warnings
 
 __version__ = "0.1.0"
+
+# Old dotted name -> new dotted name.
+MOVED_MODULES: dict[str, str] = {}
+
+
+def _new_name(name: str) -> str | None:
+    """The new dotted name of `name` if it or a package above it moved, else None."""
+    if name in MOVED_MODULES:
+        return MOVED_MODULES[name]
+    head, _, tail = name.rpartition(".")
+    new_head = _new_name(head) if head.startswith("tf_gru4rec.") else None
+    return f"{new_head}.{tail}" if new_head else None
+
+
+def _importer_stacklevel() -> int:
+    """`warnings.warn` stacklevel, seen from `_MovedLoader.create_module`, that points at the
+    code doing the import. `warnings` does not count the import system's own frames (file name
+    with "importlib" and "_bootstrap"); `importlib.import_module`'s and this module's are
+    counted and passed over."""
+    frame, level = sys._getframe(2), 1  # level 1: create_module
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not ("importlib" in name and "_bootstrap" in name):
+            level += 1
+            if name not in (importlib.__file__, __file__):
+                return level
+        frame = frame.f_back
+    return 1
+
+
+class _MovedLoader:
+    """Loads an old name as the module at its new name (imported under that name)."""
+
+    def __init__(self, new: str):
+        self.new = new
+
+    def create_module(self, spec):
+        warnings.warn(f"{spec.name} is deprecated: it moved to {self.new}; import that instead",
+                      DeprecationWarning, stacklevel=_importer_stacklevel())
+        module = importlib.import_module(self.new)
+        self._spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self._spec  # the import system set the old name's spec on it
+
+
+class _MovedFinder:
+    """`sys.meta_path` finder for the names in `MOVED_MODULES` (and their submodules)."""
+
+    def find_spec(self, name, path=None, target=None):
+        new = _new_name(name) if name.startswith("tf_gru4rec.") else None
+        if new is None or importlib.util.find_spec(new) is None:
+            return None
+        return importlib.machinery.ModuleSpec(name, _MovedLoader(new))
+
+
+if not any(type(finder).__qualname__ == "_MovedFinder" for finder in sys.meta_path):
+    # First, so that a moved package's submodules are not found again, under the old name,
+    # by the path finder through the package's `__path__`.
+    sys.meta_path.insert(0, _MovedFinder())
