@@ -18,7 +18,18 @@ import warnings
 __version__ = "0.1.0"
 
 # Old dotted name -> new dotted name.
-MOVED_MODULES: dict[str, str] = {}
+MOVED_MODULES = {
+    "tf_gru4rec.input_pipeline": "tf_gru4rec.data.input_pipeline",
+    "tf_gru4rec.session_parallel": "tf_gru4rec.data.session_parallel",
+    "tf_gru4rec.sampling": "tf_gru4rec.data.sampling",
+    "tf_gru4rec.layers": "tf_gru4rec.nn.layers",
+    "tf_gru4rec.losses": "tf_gru4rec.nn.losses",
+    "tf_gru4rec.optimizers": "tf_gru4rec.nn.optimizers",
+    "tf_gru4rec.xla_flags": "tf_gru4rec.nn.xla_flags",
+    "tf_gru4rec.metrics": "tf_gru4rec.evaluation.metrics",
+    "tf_gru4rec.baselines": "tf_gru4rec.evaluation.baselines",
+    "tf_gru4rec.export": "tf_gru4rec.serving.export",
+}
 
 
 def _new_name(name: str) -> str | None:
