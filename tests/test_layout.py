@@ -200,6 +200,15 @@ def test_the_old_names_warn_where_they_are_imported():
     assert "<string>:2: DeprecationWarning: tf_gru4rec.sampling is deprecated" in done.stderr
 
 
+def test_the_package_s_own_modules_import_old_names_without_a_warning():
+    # model.py (not moved yet) imports tf_gru4rec.losses; `python -m tf_gru4rec.cli` runs
+    # cli.py, which imports tf_gru4rec.xla_flags, as __main__, where the warning would show.
+    code = "import tf_gru4rec.model, tf_gru4rec.cli"
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_former_serving_graph_module_warns_and_keeps_its_names(monkeypatch):
     from tf_gru4rec.serving.graph.module import ServingModule
 

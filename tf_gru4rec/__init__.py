@@ -3,7 +3,8 @@
 Modules that moved into a stage's subpackage (README, "How the code is laid out") stay
 importable under their old names: `MOVED_MODULES` maps an old dotted name to the new one, and
 importing the old name gives the very same module object (so classes, `isinstance` and Keras
-registrations are shared) with a `DeprecationWarning` naming the new path. A moved package
+registrations are shared) with a `DeprecationWarning` naming the new path (unless the importer
+is a module of this package: those still on old names are ours to update). A moved package
 takes its submodules along (`tf_gru4rec.layers.gru_stack` is `tf_gru4rec.nn.layers.gru_stack`).
 The hook is defined here, not in a module of its own, so that importing `tf_gru4rec` loads no
 other module of the package (and never TensorFlow).
@@ -12,10 +13,13 @@ other module of the package (and never TensorFlow).
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import warnings
 
 __version__ = "0.1.0"
+
+_PACKAGE_DIR = os.path.dirname(__file__) + os.sep
 
 # Old dotted name -> new dotted name.
 MOVED_MODULES = {
@@ -41,20 +45,20 @@ def _new_name(name: str) -> str | None:
     return f"{new_head}.{tail}" if new_head else None
 
 
-def _importer_stacklevel() -> int:
-    """`warnings.warn` stacklevel, seen from `_MovedLoader.create_module`, that points at the
-    code doing the import. `warnings` does not count the import system's own frames (file name
-    with "importlib" and "_bootstrap"); `importlib.import_module`'s and this module's are
-    counted and passed over."""
+def _importer() -> tuple[str, int]:
+    """The file of the code doing the import, and the `warnings.warn` stacklevel that points at
+    it, seen from `_MovedLoader.create_module`. `warnings` does not count the import system's
+    own frames (file name with "importlib" and "_bootstrap"); `importlib.import_module`'s and
+    this module's are counted and passed over."""
     frame, level = sys._getframe(2), 1  # level 1: create_module
     while frame is not None:
         name = frame.f_code.co_filename
         if not ("importlib" in name and "_bootstrap" in name):
             level += 1
             if name not in (importlib.__file__, __file__):
-                return level
+                return name, level
         frame = frame.f_back
-    return 1
+    return "", 1
 
 
 class _MovedLoader:
@@ -64,8 +68,13 @@ class _MovedLoader:
         self.new = new
 
     def create_module(self, spec):
-        warnings.warn(f"{spec.name} is deprecated: it moved to {self.new}; import that instead",
-                      DeprecationWarning, stacklevel=_importer_stacklevel())
+        importer, stacklevel = _importer()
+        # Not for this package's own modules (those not moved yet still use some old names):
+        # the warning is for code outside, and `python -m tf_gru4rec.cli` runs cli.py as
+        # __main__, where Python shows DeprecationWarnings by default.
+        if not importer.startswith(_PACKAGE_DIR):
+            warnings.warn(f"{spec.name} is deprecated: it moved to {self.new}; import that "
+                          "instead", DeprecationWarning, stacklevel=stacklevel)
         module = importlib.import_module(self.new)
         self._spec = module.__spec__
         return module
