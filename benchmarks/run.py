@@ -73,12 +73,12 @@ def _child_train(spec: dict) -> dict:
     import numpy as np
 
     from tf_gru4rec.config import load_preset
+    from tf_gru4rec.data.input_pipeline import SessionParallelInput
     from tf_gru4rec.data.io import read_events
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.evaluation import evaluate
-    from tf_gru4rec.input_pipeline import SessionParallelInput
     from tf_gru4rec.training import build_model
 
     config = load_preset(spec["preset"]).with_overrides(spec.get("set", {}))

@@ -37,7 +37,7 @@ def measure(checkout: str, n_items: int, clicks: int) -> dict:
     import tf_gru4rec
     from tf_gru4rec.config import TrainConfig
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.export import export_model
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.training import build_model
 
     assert os.path.abspath(tf_gru4rec.__file__).startswith(os.path.abspath(checkout))

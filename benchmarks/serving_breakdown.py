@@ -36,8 +36,8 @@ from tensorflow.core.protobuf import config_pb2  # noqa: E402
 
 from tf_gru4rec.config import TrainConfig  # noqa: E402
 from tf_gru4rec.data.vocabulary import ItemVocabulary  # noqa: E402
-from tf_gru4rec.export import export_model  # noqa: E402
 from tf_gru4rec.serving.bundle import SessionBundle  # noqa: E402
+from tf_gru4rec.serving.export import export_model  # noqa: E402
 from tf_gru4rec.training import build_model  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results", "serving_breakdown.json")

@@ -35,10 +35,10 @@ import tensorflow as tf  # noqa: E402
 
 from tf_gru4rec.config import TrainConfig  # noqa: E402
 from tf_gru4rec.data.vocabulary import ItemVocabulary  # noqa: E402
-from tf_gru4rec.export import export_model  # noqa: E402
 from tf_gru4rec.serving.bundle import SessionBundle  # noqa: E402
 from tf_gru4rec.serving.client import PredictionClient  # noqa: E402
 from tf_gru4rec.serving.dev_server import DevServer  # noqa: E402
+from tf_gru4rec.serving.export import export_model  # noqa: E402
 from tf_gru4rec.training import build_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

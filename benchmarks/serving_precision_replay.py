@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
 
-    from tf_gru4rec.export import export_model
     from tf_gru4rec.serving.dev_server import DevServer
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.serving.replay import replay
     from tf_gru4rec.training import load_model_dir
 

@@ -172,8 +172,8 @@ def measure(n_items: int, units: int, clients: list[int], seconds: float) -> dic
 
     from tf_gru4rec.config import TrainConfig
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.export import export_model
     from tf_gru4rec.serving.bundle import SessionBundle
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.training import build_model
 
     with tempfile.TemporaryDirectory() as tmp:

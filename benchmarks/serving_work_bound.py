@@ -49,7 +49,7 @@ def export(path: str, args) -> str:
 
     from tf_gru4rec.config import TrainConfig
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.export import export_model
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.serving.graph.limits import ServingLimits
     from tf_gru4rec.training import build_model
 

@@ -1,5 +1,6 @@
-"""Baselines (`tf_gru4rec.baselines`) against naive one-event-at-a-time references, the tie
-rules of `tf_gru4rec.metrics`, the ANCHORS.md numbers on rsc15_100k, and the CLI subcommand."""
+"""Baselines (`tf_gru4rec.evaluation.baselines`) against naive one-event-at-a-time references,
+the tie rules of `tf_gru4rec.evaluation.metrics`, the ANCHORS.md numbers on rsc15_100k, and the
+CLI subcommand."""
 
 import json
 from collections import Counter
@@ -8,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tf_gru4rec.baselines import (
+from tf_gru4rec.data.session_log import SessionLog
+from tf_gru4rec.data.vocabulary import ItemVocabulary
+from tf_gru4rec.evaluation.baselines import (
     BASELINE_NAMES,
     BPRMF,
     TIE_MODES,
@@ -20,8 +23,6 @@ from tf_gru4rec.baselines import (
     run_baselines,
     target_ranks,
 )
-from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.data.vocabulary import ItemVocabulary
 
 # Hand-made log; raw item ids 0..5 are also the indices (first appearance order).
 TRAIN = [[0, 1, 2], [0, 1], [0, 2, 3], [1, 0, 4], [0, 0, 5]]
@@ -270,7 +271,7 @@ def test_bpr_learns_and_is_seeded():
 
 
 # ---------------------------------------------------------------------------------------------
-# Tie rules: the NumPy twin equals tf_gru4rec.metrics.target_ranks.
+# Tie rules: the NumPy twin equals tf_gru4rec.evaluation.metrics.target_ranks.
 
 def test_tie_modes_docstring_example():
     scores = np.array([[0.5, 0.9, 0.5, 0.1]])
@@ -285,7 +286,7 @@ def test_tie_modes_docstring_example():
 def test_tie_modes_match_project_metrics(mode):
     import tensorflow as tf
 
-    from tf_gru4rec.metrics import target_ranks as tf_target_ranks
+    from tf_gru4rec.evaluation.metrics import target_ranks as tf_target_ranks
 
     rng = np.random.default_rng(5)
     scores = rng.integers(0, 6, size=(64, 40)).astype(np.float64)  # many ties

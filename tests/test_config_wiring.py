@@ -6,13 +6,13 @@ layers, batch size, seed) and the optimizer (learning rate, momentum). The loss 
 import numpy as np
 import pytest
 
-from tf_gru4rec import input_pipeline
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.config_checks import check_config
+from tf_gru4rec.data import input_pipeline
+from tf_gru4rec.data.sampling import NegativeSampler, sampling_probabilities
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.sampling import NegativeSampler, sampling_probabilities
 from tf_gru4rec.training import build_model, train
 
 TINY = TrainConfig(layers=[8], batch_size=4, n_sample=6, n_epochs=1, steps_per_execution=10,

@@ -1,4 +1,4 @@
-"""Tests for the SavedModel export (`tf_gru4rec.export`): signatures, parity with the Keras
+"""Tests for the SavedModel export (`tf_gru4rec.serving.export`): signatures, parity with the Keras
 model, the three scoring paths, session state, eviction and atomic versioning."""
 
 import json
@@ -13,12 +13,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tf_gru4rec import export as export_lib
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import export_model, next_version
-from tf_gru4rec.metrics import target_ranks
+from tf_gru4rec.evaluation.metrics import target_ranks
+from tf_gru4rec.serving import export as export_lib
 from tf_gru4rec.serving.bundle import SessionBundle
+from tf_gru4rec.serving.export import export_model, next_version
 from tf_gru4rec.training import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

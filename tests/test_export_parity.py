@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import export_model
-from tf_gru4rec.metrics import target_ranks
+from tf_gru4rec.evaluation.metrics import target_ranks
 from tf_gru4rec.serving.bundle import SessionBundle
+from tf_gru4rec.serving.export import export_model
 from tf_gru4rec.training import build_model
 
 N_ITEMS, K = 30, 6

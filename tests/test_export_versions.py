@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from tf_gru4rec import export as export_lib
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import STAGING_PREFIX, export_model, remove_stale_staging
+from tf_gru4rec.serving import export as export_lib
+from tf_gru4rec.serving.export import STAGING_PREFIX, export_model, remove_stale_staging
 from tf_gru4rec.training import build_model, save_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
 # killed just before the rename).
 _CHILD = """
 import logging, os, sys, time
-from tf_gru4rec import export as export_lib
+from tf_gru4rec.serving import export as export_lib
 from tf_gru4rec.training import load_model_dir
 
 model_dir, base, mode, flags, count = sys.argv[1:6]

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from tf_gru4rec import losses
-from tf_gru4rec.layers import GRUStack, ItemScores
+from tf_gru4rec.nn import losses
+from tf_gru4rec.nn.layers import GRUStack, ItemScores
 
 
 def sigmoid(x):
@@ -253,7 +253,7 @@ def test_unknown_loss_is_named():
 
 
 def test_hash_dropout_rate_scale_and_identity():
-    from tf_gru4rec.layers import HashDropout
+    from tf_gru4rec.nn.layers import HashDropout
 
     layer = HashDropout(0.3, seed=1)
     x = np.ones((200, 100), "float32")
@@ -269,7 +269,7 @@ def test_hash_dropout_rate_scale_and_identity():
 def test_hash_uniform_is_uniform_independent_and_the_same_under_xla():
     import tensorflow as tf
 
-    from tf_gru4rec.layers.dropout import hash32, hash_uniform
+    from tf_gru4rec.nn.layers.dropout import hash32, hash_uniform
 
     # lowbias32 reference values, computed by hand with Python integers.
     def reference(x):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_gru4rec.optimizers import NO_ENTRY, AdagradM, sum_duplicate_rows
+from tf_gru4rec.nn.optimizers import NO_ENTRY, AdagradM, sum_duplicate_rows
 
 
 def reference_step(p, acc, mom, rows, grads, lr, momentum, eps=1e-6):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tf_gru4rec.config import TrainConfig
-from tf_gru4rec.optimizers import AdagradM
+from tf_gru4rec.nn.optimizers import AdagradM
 from tf_gru4rec.training import build_model
 
 N_ITEMS, H, B, LR, MOMENTUM, EPS = 9, 4, 3, 0.2, 0.3, 1e-6

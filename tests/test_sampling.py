@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_gru4rec.sampling import NegativeSampler, alias_table, sampling_probabilities
+from tf_gru4rec.data.sampling import NegativeSampler, alias_table, sampling_probabilities
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
@@ -59,7 +59,7 @@ def test_alias_table_encodes_the_probabilities_exactly(rng, alpha):
 
 
 def test_blocks_dataset_has_the_same_steps_and_samples_as_the_steps_dataset(synthetic_log):
-    from tf_gru4rec.input_pipeline import SessionParallelInput
+    from tf_gru4rec.data.input_pipeline import SessionParallelInput
 
     source = SessionParallelInput(synthetic_log[0], 8, n_sample=5, seed=3, steps_per_block=7)
     steps = list(source.dataset().as_numpy_iterator())

@@ -33,10 +33,10 @@ from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.evaluation import evaluate
-from tf_gru4rec.export import export_model
 from tf_gru4rec.serving import PredictionClient, RestClient, ServingError, StatelessSession
 from tf_gru4rec.serving.client import pad_sessions, to_tensor_proto
 from tf_gru4rec.serving.dev_server import DevServer
+from tf_gru4rec.serving.export import export_model
 from tf_gru4rec.serving.replay import replay
 from tf_gru4rec.training import build_model, save_model_dir, train
 

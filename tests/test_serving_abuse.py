@@ -24,12 +24,12 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import WARMUP_FILE, export_model
 from tf_gru4rec.serving import rest
 from tf_gru4rec.serving.capi import CApiBundle
 from tf_gru4rec.serving.client import to_tensor_proto
 from tf_gru4rec.serving.dev_server import DevServer
-from tf_gru4rec.serving_graph import ServingLimits
+from tf_gru4rec.serving.export import WARMUP_FILE, export_model
+from tf_gru4rec.serving.graph.limits import ServingLimits
 from tf_gru4rec.training import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,16 +14,16 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import export_model
 from tf_gru4rec.serving.bundle import SessionBundle
 from tf_gru4rec.serving.capi import CApiBundle
-from tf_gru4rec.serving_graph import (
+from tf_gru4rec.serving.export import export_model
+from tf_gru4rec.serving.graph.limits import (
     MAX_CLICK_POSITION,
     MAX_DEFAULT_ROWS,
     SCORE_BYTES,
-    SIGNATURES,
     ServingLimits,
 )
+from tf_gru4rec.serving.graph.signatures import SIGNATURES
 from tf_gru4rec.training import build_model
 
 N_ITEMS, K, LAYERS = 50, 4, [6, 5]

@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import export_model
 from tf_gru4rec.serving.bundle import SessionBundle
-from tf_gru4rec.serving_graph import (
-    ServingLimits,
+from tf_gru4rec.serving.export import export_model
+from tf_gru4rec.serving.graph.limits import ServingLimits
+from tf_gru4rec.serving.graph.session_store import (
     effective_capacity,
     occurrence_index,
     session_bytes_bound,

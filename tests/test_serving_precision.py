@@ -10,9 +10,9 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.export import export_model
 from tf_gru4rec.serving.bundle import SessionBundle
-from tf_gru4rec.serving_graph import quantize_rows, shard_bounds
+from tf_gru4rec.serving.export import export_model
+from tf_gru4rec.serving.graph.scoring import quantize_rows, shard_bounds
 from tf_gru4rec.training import build_model
 
 N_ITEMS, UNITS, K = 400, 24, 20

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from tf_gru4rec.data.input_pipeline import SessionParallelInput
 from tf_gru4rec.data.session_log import SessionLog
+from tf_gru4rec.data.session_parallel import session_order, session_parallel_steps
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.input_pipeline import SessionParallelInput
-from tf_gru4rec.session_parallel import session_order, session_parallel_steps
 
 
 def test_hand_written_schedule(tiny_events):
@@ -118,7 +118,7 @@ def test_dataset_resumes_mid_epoch(synthetic_log):
 
 
 def test_evaluation_steps_keep_slots_full_and_cover_every_event(synthetic_log):
-    from tf_gru4rec.session_parallel import evaluation_steps
+    from tf_gru4rec.data.session_parallel import evaluation_steps
 
     log = synthetic_log[0]
     steps = evaluation_steps(log)

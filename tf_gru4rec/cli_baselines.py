@@ -14,7 +14,7 @@ from tf_gru4rec import cli_types as types
 
 logger = logging.getLogger("tf_gru4rec")
 
-# As tf_gru4rec.baselines.BASELINE_NAMES / TIE_MODES (not imported here: it loads NumPy).
+# As tf_gru4rec.evaluation.baselines.BASELINE_NAMES / TIE_MODES (not imported here: it loads NumPy).
 NAMES = ("pop", "spop", "itemknn", "bprmf")
 TIE_MODES = ("standard", "conservative", "median")
 
@@ -52,11 +52,11 @@ def register(subparsers) -> None:
 
 
 def cmd_baselines(args) -> int:
-    from tf_gru4rec.baselines import run_baselines
     from tf_gru4rec.cli import _check_trainable, _read, _results_out, _test_log
     from tf_gru4rec.data.io import ITEM
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.evaluation.baselines import run_baselines
     from tf_gru4rec.paths import check_input_file
 
     check_input_file(args.test, "--test")

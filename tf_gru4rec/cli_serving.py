@@ -26,8 +26,8 @@ def cmd_export(args) -> int:
         logger.error("Version %s already exists in %s: give another --version, or none for the "
                      "next free one", args.version, os.path.abspath(args.base))
         return 2
-    from tf_gru4rec.export import export_model
     from tf_gru4rec.paths import check_model_dir, check_output_dir
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.serving.graph.limits import ServingLimits
     from tf_gru4rec.training import load_model_dir
 

@@ -24,7 +24,6 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions) -> dict:
     """Runs every stage and returns a summary dict (metrics, export path, served answers)."""
-    from tf_gru4rec.baselines import run_baselines
     from tf_gru4rec.config import load_preset
     from tf_gru4rec.data.io import write_events
     from tf_gru4rec.data.session_log import SessionLog
@@ -35,7 +34,8 @@ def run_demo(options: DemoOptions) -> dict:
     )
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.evaluation import evaluate
-    from tf_gru4rec.export import export_model
+    from tf_gru4rec.evaluation.baselines import run_baselines
+    from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.training import save_model_dir, train
 
     os.makedirs(options.workdir, exist_ok=True)

@@ -24,13 +24,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tf_gru4rec.baselines import run_baselines
 from tf_gru4rec.config import TrainConfig, load_preset
 from tf_gru4rec.data.io import ITEM
 from tf_gru4rec.data.preprocess import drop_short_sessions
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.evaluation import evaluate
+from tf_gru4rec.evaluation.baselines import run_baselines
 from tf_gru4rec.training import train
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def run_reproduction(train_events: pd.DataFrame, test_events: pd.DataFrame,
       quick: shrink the GRU settings and BPR-MF to a smoke run (tests, notebooks).
       epochs: override every GRU setting's `n_epochs` (default: the presets' 10).
       seed: seed of every GRU model and of BPR-MF.
-      tie_mode: rank ties rule of the evaluation (see `tf_gru4rec.metrics`).
+      tie_mode: rank ties rule of the evaluation (see `tf_gru4rec.evaluation.metrics`).
       verbose: Keras `fit` verbosity.
 
     Returns:

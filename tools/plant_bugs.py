@@ -46,18 +46,18 @@ PLANTS = {
         "model = None"),
     # Issue 19: the PyTorch port's cell and cross-entropy.
     "cell: reset gate before the recurrent product everywhere": (
-        "tf_gru4rec/layers/gru_stack.py",
+        "tf_gru4rec/nn/layers/gru_stack.py",
         'return self.cell == "reset-after" and not (i == 0 and self.one_hot_items)',
         "return False"),
     "cell: candidate bias b_hn dropped": (
-        "tf_gru4rec/layers/gru_stack.py",
+        "tf_gru4rec/nn/layers/gru_stack.py",
         "hidden = ops.matmul(state, recurrent) + recurrent_bias  # (B, 3h)",
         "hidden = ops.matmul(state, recurrent) + ops.concatenate(\n"
         "        [recurrent_bias[: 2 * h], 0.0 * recurrent_bias[2 * h :]])"),
     "cell: gru_cell not passed from the config": (
         "tf_gru4rec/training.py", "gru_cell=config.gru_cell,", ""),
     "loss: exact logsumexp instead of the port's softmax + 1e-24": (
-        "tf_gru4rec/losses.py", "return ops.log(ops.exp(centred) / total + _TINY)",
+        "tf_gru4rec/nn/losses.py", "return ops.log(ops.exp(centred) / total + _TINY)",
         "return centred - ops.log(total)"),
     # issue 21: each passed every default test before it
     "shards: only the last chunk decides a column's id type": (

@@ -5,7 +5,8 @@ server and replay.
 protos (no training code), so a web service can install and import it alone; its names are
 also available here (`PredictionClient`, `RestClient`, `ServingError`, `StatelessSession`),
 loaded on first use, so that importing another part of this package does not need gRPC.
-`graph` is the served graph (`ServingModule` and its parts), `version_dirs` writes versions
+`graph` is the served graph (`ServingModule` and its parts), `export` writes a trained model as
+a SavedModel version of it (formerly `tf_gru4rec.export`), `version_dirs` writes versions
 under a base path atomically. The development server (`dev_server`, with `servables` and
 `rest`) and `replay` load TensorFlow and the data readers; import them explicitly. `capi`
 loads a version through TensorFlow's C API (the C++ loader TF Serving runs), for tests and

@@ -14,7 +14,7 @@ come out identical to offline evaluation of the same model on the same file:
     same, from which every tie rule (standard / conservative / median) is exact;
   - every request has the same B rows because CPU matrix kernels sum in a different order for
     different batch sizes, which could move near-ties by one ulp;
-  - the per-step sums use `tf_gru4rec.metrics.rank_metrics`, as `evaluate` does.
+  - the per-step sums use `tf_gru4rec.evaluation.metrics.rank_metrics`, as `evaluate` does.
 
 Session ids are prefixed with a random run id, and each session is ended on the server as soon
 as its last event is sent, so a replay neither reuses nor leaves behind server state. Ranks from
@@ -35,7 +35,7 @@ from tf_gru4rec.data.io import ITEM, read_events
 from tf_gru4rec.data.preprocess import drop_short_sessions
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.metrics import check_tie_mode, rank_metrics
+from tf_gru4rec.evaluation.metrics import check_tie_mode, rank_metrics
 from tf_gru4rec.serving.client import PredictionClient
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def known_items(client: PredictionClient, raw_items: np.ndarray, chunk: int = 40
 
 
 def _replay(client, events: pd.DataFrame, cutoffs, tie_mode, batch_size) -> dict:
-    from tf_gru4rec.session_parallel import evaluation_steps
+    from tf_gru4rec.data.session_parallel import evaluation_steps
 
     start = time.perf_counter()
     unique = pd.unique(events[ITEM].to_numpy())
@@ -151,7 +151,7 @@ def _replay(client, events: pd.DataFrame, cutoffs, tie_mode, batch_size) -> dict
 
 
 def _ranks(n_higher: np.ndarray, n_ties: np.ndarray, tie_mode: str) -> np.ndarray:
-    """float32 ranks with the arithmetic of `tf_gru4rec.metrics.target_ranks`."""
+    """float32 ranks with the arithmetic of `tf_gru4rec.evaluation.metrics.target_ranks`."""
     higher = n_higher.astype(np.float32) + np.float32(1.0)
     ties = n_ties.astype(np.float32)
     if tie_mode == "standard":

@@ -1,6 +1,6 @@
 """`ServingModule`: the exported graph, put together from its parts.
 
-`tf_gru4rec.export` writes it with `keras.export.ExportArchive`. Raw item ids are strings in
+`tf_gru4rec.serving.export` writes it with `keras.export.ExportArchive`. Raw item ids are strings in
 and out; the vocabulary is inside the graph (`VocabularyTables`, from the asset
 `assets/items.txt`); the stateful signatures keep their sessions in a `SessionStore`; an
 `ItemScorer` scores all items; `Signatures` defines the eight signatures on top of them (see

@@ -8,7 +8,7 @@ import zlib
 import keras
 from keras import ops
 
-from tf_gru4rec.layers.dropout import HashDropout
+from tf_gru4rec.nn.layers.dropout import HashDropout
 
 
 def weight_seed(seed, name: str):

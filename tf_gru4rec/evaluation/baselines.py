@@ -19,8 +19,8 @@ for facts; this is our own vectorised NumPy code), so that the numbers are compa
 like the GRU model (`session_parallel_steps`): `step(inputs [B], reset [B], state)` returns the
 scores of ALL items, float64 [B, n_items], after the slot's current event, and
 `evaluate_baseline` ranks the true next item with the same tie rules as
-`tf_gru4rec.metrics.target_ranks` (a NumPy twin in float64, so no TensorFlow import and no
-float32 rounding that would create ties the original's float64 scores do not have).
+`tf_gru4rec.evaluation.metrics.target_ranks` (a NumPy twin in float64, so no TensorFlow import
+and no float32 rounding that would create ties the original's float64 scores do not have).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.session_parallel import session_parallel_steps
+from tf_gru4rec.data.session_parallel import session_parallel_steps
 
-logger = logging.getLogger(__name__)
+# The logger's name from before the move into a subpackage: whoever tunes or filters these
+# log lines keeps doing so by that name.
+logger = logging.getLogger("tf_gru4rec.baselines")
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
-TIE_MODES = ("standard", "conservative", "median")  # as tf_gru4rec.metrics.TIE_MODES
+TIE_MODES = ("standard", "conservative", "median")  # as tf_gru4rec.evaluation.metrics.TIE_MODES
 BASELINE_NAMES = ("pop", "spop", "itemknn", "bprmf")
 
 
@@ -393,8 +395,8 @@ def make_baseline(name: str, **kwargs) -> Baseline:
 def target_ranks(scores: np.ndarray, targets: np.ndarray, mode: str = "conservative"
                  ) -> np.ndarray:
     """float64 [B] rank of each target among all items; NumPy twin of
-    `tf_gru4rec.metrics.target_ranks`: 1 + (items scoring higher) + all (conservative), none
-    (standard) or half (median) of the other items scoring the same.
+    `tf_gru4rec.evaluation.metrics.target_ranks`: 1 + (items scoring higher) + all
+    (conservative), none (standard) or half (median) of the other items scoring the same.
 
     scores: [B, n_items]; targets: int [B].
     """

@@ -38,7 +38,9 @@ from tf_gru4rec.serving.version_dirs import (  # noqa: F401 (the names export us
 )
 from tf_gru4rec.serving.version_dirs import host_name as _host  # noqa: F401 (as before)
 
-logger = logging.getLogger(__name__)
+# The logger's name from before the move into a subpackage: whoever tunes or filters these
+# log lines keeps doing so by that name.
+logger = logging.getLogger("tf_gru4rec.export")
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 VOCAB_ASSET = "items.txt"

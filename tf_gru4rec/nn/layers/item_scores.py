@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_gru4rec.layers.gru_stack import BlockGlorotUniform, weight_seed
+from tf_gru4rec.nn.layers.gru_stack import BlockGlorotUniform, weight_seed
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")

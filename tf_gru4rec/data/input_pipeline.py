@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_gru4rec.data.sampling import NegativeSampler
 from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.sampling import NegativeSampler
-from tf_gru4rec.session_parallel import StepArrays, session_order, session_parallel_steps
+from tf_gru4rec.data.session_parallel import StepArrays, session_order, session_parallel_steps
 
 PREFETCH_BLOCKS = 2  # elements (steps or blocks) prepared ahead of the training loop
 

@@ -1,7 +1,0 @@
-"""Keras layers of GRU4Rec: the GRU stack and the item output table."""
-
-from tf_gru4rec.layers.dropout import HashDropout
-from tf_gru4rec.layers.gru_stack import BlockGlorotUniform, GRUStack, weight_seed
-from tf_gru4rec.layers.item_scores import ItemScores
-
-__all__ = ["BlockGlorotUniform", "GRUStack", "ItemScores", "HashDropout", "weight_seed"]
