@@ -125,10 +125,10 @@ def profile(config, data: str, isa_info: dict) -> dict:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+    from tf_gru4rec.data.input_pipeline import SessionParallelInput
     from tf_gru4rec.data.io import read_events
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.input_pipeline import SessionParallelInput
     from tf_gru4rec.training import build_model
 
     events = read_events(os.path.join(data, TRAIN_FILE))

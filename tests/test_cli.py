@@ -121,7 +121,7 @@ def test_command_restarts_itself_once_with_huge_pages(tmp_path):
 
 
 def test_xla_flags_are_added_once_and_respect_the_user():
-    from tf_gru4rec import xla_flags
+    from tf_gru4rec.nn import xla_flags
 
     flag = "--xla_cpu_copy_insertion_use_region_analysis=true"
     env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
