@@ -107,7 +107,8 @@ class TrainingLoop:
         on by all replicas together)."""
         self.restore()
         position, model = self.position, self.model
-        callbacks = keras.callbacks.CallbackList(self.callbacks, model=model,
+        record = _Record(self.history)  # last: the logs as every callback left them
+        callbacks = keras.callbacks.CallbackList([*self.callbacks, record], model=model,
                                                  epochs=self.epochs, steps=None,
                                                  verbose=self.verbose)
         model.stop_training = False
@@ -130,17 +131,29 @@ class TrainingLoop:
             logs = {"loss": self._loss()}
             seconds = time.perf_counter() - start
             callbacks.on_epoch_end(epoch, logs)
-            for key, value in logs.items():
-                self.history.setdefault(key, []).append(float(value))
             logger.info("epoch %d/%d: loss %.4f, %d steps of %d replicas, %.0f events/s, "
-                        "%s threads", epoch + 1, self.epochs, logs["loss"], position.step,
+                        "%s threads", epoch + 1, self.epochs, self._loss(), position.step,
                         self.trainer.n_replicas,
                         position.events / max(seconds, 1e-9), thread_count())
             if model.stop_training:
                 break
-        callbacks.on_train_end(logs)
+        callbacks.on_train_end(record.last)
         return {**self.history, "steps": list(position.epoch_steps),
                 "events": list(position.epoch_events)}
 
     def _loss(self) -> float:
         return self.position.loss_sum / max(self.position.events, 1.0)
+
+
+class _Record(keras.callbacks.Callback):
+    """Appends each epoch's logs (with what the callbacks before it added) to `history`."""
+
+    def __init__(self, history: dict):
+        super().__init__()
+        self.history = history
+        self.last: dict = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = dict(logs or {})
+        for key, value in self.last.items():
+            self.history.setdefault(key, []).append(float(value))
