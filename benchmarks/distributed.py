@@ -1,11 +1,15 @@
 """Multi-worker training: events/s with 1 and 2 workers here, and the bytes all-reduced per step.
 
-1. Speed, side by side in one run, on the same data and preset (`tf-gru4rec train` in fresh
-   processes; events/s as the chief reports it, tracing and the first epoch included):
-     - fit:           one process, Keras `fit` (XLA blocks), the single-machine path;
-     - loop, 1 worker: the custom `strategy.run` loop with TF_CONFIG of one worker
-                      (MultiWorkerMirroredStrategy, no peer: the loop's own cost);
-     - loop, 2 workers: `--workers 2` on 127.0.0.1 (2 cores: one per worker).
+1. Speed, side by side, on the same data and preset, each in a fresh process, the runs of
+   each repeat alternating (`--repeats`), events/s as the chief reports them (training time,
+   tracing and the first epoch included):
+     - keras fit:        `model.fit` on `SessionParallelInput.dataset(blocks=True)` (the
+                         notebook path; XLA blocks of steps);
+     - loop, 1 process:  `tf-gru4rec train`, the training loop of every scale on one device;
+     - loop, 1 worker:   the same with TF_CONFIG of one worker (MultiWorkerMirroredStrategy
+                         of one replica: nothing to synchronise, the one-replica path);
+     - loop, 2 workers:  `--workers 2` on 127.0.0.1.
+   Run it under `taskset` to pin every process (the 2 workers then share the given cores).
 2. Bytes per training step, per replica, at 10k / 100k / 1M items: a replica's real gradients
    (rsc15-xe preset: 100 units, B = 32, 2048 extra negatives, constrained embedding) are
    computed for one step and measured: dense tensors are all-reduced (ring: each worker sends
@@ -27,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -57,6 +60,47 @@ def train_speed(train_path: str, test_path: str, preset: str, epochs: int, workd
             "train_seconds": metrics["train_seconds"], "wall_seconds":
             time.perf_counter() - start, "recall@20": metrics["recall@20"],
             "mrr@20": metrics["mrr@20"], "replicas": metrics.get("replicas", 1)}
+
+
+FIT_SNIPPET = """
+import json, sys, time
+from tf_gru4rec.config import load_preset
+from tf_gru4rec.data.io import read_events
+from tf_gru4rec.data.session_log import SessionLog
+from tf_gru4rec.data.vocabulary import ItemVocabulary
+from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.training import build_model
+import keras
+train_path, preset, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = load_preset(preset).replace(n_epochs=epochs)
+events = read_events(train_path)
+log = SessionLog.from_events(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()))
+keras.utils.set_random_seed(config.seed)
+source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                              sample_alpha=config.sample_alpha, seed=config.seed,
+                              steps_per_block=config.steps_per_execution)
+model = build_model(config, log.n_items, log.item_support())
+start = time.perf_counter()
+model.fit(source.dataset(blocks=True), epochs=epochs, callbacks=[source.callback()], verbose=0)
+seconds = time.perf_counter() - start
+print(json.dumps({"train_seconds": seconds,
+                  "train_events_per_second": log.n_predictions * epochs / seconds}))
+"""
+
+
+def fit_speed(train_path: str, preset: str, epochs: int) -> dict:
+    """Keras `model.fit` in a fresh process (no evaluation)."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", FIT_SNIPPET, train_path, preset, str(epochs)],
+                          capture_output=True, text=True, env=env, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(f"keras fit: {done.stderr[-3000:]}")
+    metrics = json.loads(done.stdout.splitlines()[-1])
+    return {"label": "keras fit", "events_per_second": metrics["train_events_per_second"],
+            "train_seconds": metrics["train_seconds"],
+            "wall_seconds": time.perf_counter() - start, "recall@20": None, "mrr@20": None,
+            "replicas": 1}
 
 
 def step_bytes(n_items: int, preset: str, n_replicas: int = 2) -> dict:
@@ -132,6 +176,9 @@ def main() -> None:
     parser.add_argument("--preset", default="rsc15-xe")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeat the speed runs, alternating them, this many times")
+    parser.add_argument("--speed-only", action="store_true", help="skip the bytes per step")
     parser.add_argument("--mirrored", action="store_true",
                         help="also time `train --mirrored` (all of this host's GPUs)")
     parser.add_argument("--out", default=RESULTS)
@@ -147,31 +194,47 @@ def main() -> None:
         from tf_gru4rec.workers import local_cluster
 
         one_worker = json.dumps(local_cluster(1)[0])
-        speed = [
-            train_speed(train_path, test_path, args.preset, args.epochs, workdir, "fit"),
-            train_speed(train_path, test_path, args.preset, args.epochs, workdir,
-                        "loop, 1 worker", env_extra={"TF_CONFIG": one_worker}),
-            train_speed(train_path, test_path, args.preset, args.epochs, workdir,
-                        "loop, 2 workers", ["--workers", "2"]),
-        ]
-        if args.mirrored:
-            speed.append(train_speed(train_path, test_path, args.preset, args.epochs, workdir,
-                                     "loop, --mirrored", ["--mirrored"]))
-    sizes = [step_bytes(n, args.preset) for n in args.items]
+        speed = []
+        for repeat in range(args.repeats):  # alternating: a slow spell hits every run
+            runs = [
+                fit_speed(train_path, args.preset, args.epochs),
+                train_speed(train_path, test_path, args.preset, args.epochs, workdir,
+                            "loop, 1 process"),
+                train_speed(train_path, test_path, args.preset, args.epochs, workdir,
+                            "loop, 1 worker", env_extra={"TF_CONFIG": one_worker}),
+                train_speed(train_path, test_path, args.preset, args.epochs, workdir,
+                            "loop, 2 workers", ["--workers", "2"]),
+            ]
+            if args.mirrored:
+                runs.append(train_speed(train_path, test_path, args.preset, args.epochs,
+                                        workdir, "loop, --mirrored", ["--mirrored"]))
+            for run in runs:
+                run["repeat"] = repeat
+                run["vs_fit"] = run["events_per_second"] / runs[0]["events_per_second"]
+                print(f"repeat {repeat}: {run['label']}: {run['events_per_second']:.0f} "
+                      f"events/s ({run['vs_fit']:.2f} x fit)", file=sys.stderr)
+            speed += runs
+    sizes = [] if args.speed_only else [step_bytes(n, args.preset) for n in args.items]
     for row in sizes:
         row["projection_10gbit"] = projection(row)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} cores", "command": "PYTHONPATH=. python "
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run import machine  # benchmarks/run.py; imports no TensorFlow
+
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "cpu_affinity": sorted(os.sched_getaffinity(0)), "command": "PYTHONPATH=. python "
               "benchmarks/distributed.py " + " ".join(sys.argv[1:]), "preset": args.preset,
               "epochs": args.epochs, "data": args.data or "bundled synthetic (generate)",
               "speed": speed, "bytes": sizes}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print("| run | events/s | train s | Recall@20 | MRR@20 |\n|---|---|---|---|---|")
+    print("| repeat | run | events/s | x fit | train s | Recall@20 | MRR@20 |\n"
+          "|---|---|---|---|---|---|---|")
     for row in speed:
-        print(f"| {row['label']} | {row['events_per_second']:.0f} | {row['train_seconds']:.1f}"
-              f" | {row['recall@20']:.4f} | {row['mrr@20']:.4f} |")
+        accuracy = ("| - | - |" if row["recall@20"] is None else
+                    f"| {row['recall@20']:.4f} | {row['mrr@20']:.4f} |")
+        print(f"| {row['repeat']} | {row['label']} | {row['events_per_second']:.0f} | "
+              f"{row['vs_fit']:.2f} | {row['train_seconds']:.1f} " + accuracy)
     print("\n| items | dense grads | sparse rows (1 replica) | item table dense | step compute |"
           "\n|---|---|---|---|---|")
     for row in sizes:

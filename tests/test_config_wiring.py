@@ -6,6 +6,7 @@ layers, batch size, seed) and the optimizer (learning rate, momentum). The loss 
 import numpy as np
 import pytest
 
+from tf_gru4rec import distributed_input
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.config_checks import check_config
 from tf_gru4rec.data import input_pipeline
@@ -28,7 +29,7 @@ def tiny_log():
 
 @pytest.fixture
 def samplers(monkeypatch):
-    """Every NegativeSampler the input pipeline creates."""
+    """Every NegativeSampler the input pipelines create (`fit`'s and the training loop's)."""
     created = []
 
     class Recording(NegativeSampler):
@@ -37,6 +38,7 @@ def samplers(monkeypatch):
             created.append(self)
 
     monkeypatch.setattr(input_pipeline, "NegativeSampler", Recording)
+    monkeypatch.setattr(distributed_input, "NegativeSampler", Recording)
     return created
 
 

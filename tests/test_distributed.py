@@ -1,13 +1,13 @@
-"""Distributed training: session sharding, the custom loop against `fit` and against a by-hand
-replay of the replicas' steps, AdagradM per replica, 2 worker processes on 127.0.0.1 (same
-weights on both, and the same as 2 devices in one process), a killed worker, bad options."""
+"""Distributed training: session sharding, the training loop against `fit` and against a
+by-hand replay of the replicas' steps, AdagradM per replica, uneven shards, bad options. 2
+worker processes on 127.0.0.1 with every option (same weights on both, the same as 2 devices in
+one process, a killed worker and the rerun) are in test_training_matrix.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -176,52 +176,6 @@ def small_logs(tmp_path_factory):
     return str(out / "train.tsv"), str(out / "test.tsv")
 
 
-@pytest.fixture(scope="module")
-def two_workers(small_logs, tmp_path_factory):
-    """`train --workers 2` (4 epochs): (its arguments, the finished process, the model dir)."""
-    train_path, test_path = small_logs
-    args = ["train", "--train", train_path, "--test", test_path, *QUICK, "--set", "n_epochs=4"]
-    out = tmp_path_factory.mktemp("two-workers") / "w"
-    done = _run([sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(out),
-                 "--workers", "2"], timeout=300)
-    return args, done, out
-
-
-def test_two_local_workers_end_with_identical_weights(small_logs, two_workers, tmp_path,
-                                                      capsys):
-    """`train --workers 2`: two processes on 127.0.0.1. Both replicas' weight digests agree,
-    they equal two devices in one process (the same sharding and seeds), and the chief's
-    model directory evaluates as its metrics say."""
-    _, test_path = small_logs
-    args, done, out = two_workers
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads(done.stdout)
-    assert metrics["workers"] == 2 and metrics["replicas"] == 2
-    assert metrics["events_per_epoch"] == [metrics["train_events"] // 4] * 4
-    digests = metrics["replica_weight_digests"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
-    # TensorFlow's INFO lines (one per collective op, the strategy's set-up) are not ours.
-    assert "Collective" not in done.stderr and "INFO worker 0 tensorflow" not in done.stderr
-    # Collectives leave no thread behind (with a per-collective timeout, TF 2.21 leaked one
-    # per collective: thousands per epoch, then EAGAIN).
-    threads = [int(n) for n in re.findall(r"worker 0 \S+: epoch \d/4: .* (\d+) threads",
-                                          done.stderr)]
-    assert len(threads) == 4 and threads[3] - threads[1] < 20, threads
-    assert metrics["recall@20"] > 0.5
-
-    devices = _runner("cli", *args, "--out", str(tmp_path / "m"), "--mirrored")
-    assert devices["exit"] == 0
-    with open(tmp_path / "m" / "metrics.json") as f:
-        assert json.load(f)["replica_weight_digests"] == digests
-
-    capsys.readouterr()
-    assert main(["-v", "WARNING", "evaluate", "--model", str(out), "--test", test_path,
-                 "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["recall@20"] == pytest.approx(
-        metrics["recall@20"])
-
-
 def _shards(train_path, out, shard_events) -> str:
     assert main(["-v", "WARNING", "prepare", "log", "--input", train_path, "--out", str(out),
                  "--shards", "--shard-events", str(shard_events), "--min-item-support",
@@ -268,66 +222,22 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
     assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]
 
 
-def test_a_killed_worker_stops_the_run_and_the_rerun_resumes_it_exactly(two_workers, tmp_path):
-    """SIGKILL worker 1 once the chief has backed up an epoch: the launcher stops worker 0 (it
-    would wait in the next all-reduce), exits non-zero, and no model directory appears. The
-    same command again resumes from the backup and ends with the weights (and optimizer
-    state) of an uninterrupted run."""
-    args, whole, _ = two_workers  # the same run, uninterrupted
-    command = [sys.executable, "-m", "tf_gru4rec.cli", *args, "--out", str(tmp_path / "out"),
-               "--workers", "2", "--backup-dir", str(tmp_path / "backup")]
-    log_path = tmp_path / "stderr.log"
-    with open(log_path, "w") as err:
-        launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err,
-                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    try:
-        deadline, pids = time.time() + 240, None
-        while time.time() < deadline:
-            text = log_path.read_text()
-            found = re.search(r"started 2 workers on 127.0.0.1 \(pids (\d+), (\d+)\)", text)
-            pids = [int(p) for p in found.groups()] if found else None
-            if pids and (tmp_path / "backup" / "latest.weights.h5").exists():
-                break
-            assert launcher.poll() is None, text[-3000:]
-            time.sleep(0.1)
-        else:
-            pytest.fail("no backup was written: " + log_path.read_text()[-3000:])
-        os.kill(pids[1], signal.SIGKILL)
-        code = launcher.wait(timeout=60)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert code == 128 + signal.SIGKILL
-    assert "worker 1 exited with code -9; stopping the other workers" in log_path.read_text()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pids[0], 0)
-    assert not (tmp_path / "out").exists()
-
-    resumed = _run(command, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
-    metrics = json.loads(resumed.stdout)
-    assert metrics["train_resumes"] == 1
-    assert not (tmp_path / "backup").exists()  # removed once the model is written
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert json.loads(whole.stdout)["replica_weight_digests"] == \
-        metrics["replica_weight_digests"]
-    assert json.loads(whole.stdout)["recall@20"] == metrics["recall@20"]
-
-
 # ----------------------------------------------------------------------- bad options
 @pytest.mark.parametrize("extra, message", [
-    (["--workers", "2", "--backup-dir", "BACKUP", "--backup-every", "5"],
-     "--backup-every is not available with --workers"),
     (["--workers", "2", "--set", "batch_size=7"], "batch_size 7 is not divisible by 2 workers"),
-    (["--mirrored", "--early-stopping", "2", "--valid", "TEST"],
-     "is not available with --mirrored"),
+    (["--workers", "2", "--warm-start", "MODEL", "--train", "SHARDS"],
+     "Parquet shards hold item indices fixed by their items.parquet"),
 ])
 def test_distributed_options_are_checked_before_anything_starts(small_logs, tmp_path, capsys,
                                                                 extra, message):
+    """The options left that do not go together are refused for a reason, before any worker
+    starts (every other option works at every scale: tests/test_training_matrix.py)."""
     train_path, test_path = small_logs
-    extra = [test_path if a == "TEST" else str(tmp_path / "b") if a == "BACKUP" else a
-             for a in extra]
+    if "MODEL" in extra:
+        model, shards = tmp_path / "model", _shards(train_path, tmp_path / "sh", 10**9)
+        assert main(["-v", "WARNING", "train", "--train", train_path, "--out", str(model),
+                     *QUICK, "--set", "n_epochs=1", "--verbose", "0"]) == 0
+        extra = [str(model) if a == "MODEL" else shards if a == "SHARDS" else a for a in extra]
     start = time.perf_counter()
     code = main(["train", "--train", train_path, "--out", str(tmp_path / "o"), *extra])
     assert code == 2

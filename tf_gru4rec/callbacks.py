@@ -1,7 +1,9 @@
-"""Training telemetry: ranking metrics on a validation log at the end of each epoch."""
+"""Training telemetry: ranking metrics on a validation log at the end of each epoch, and
+the epoch logs as JSON lines."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import keras
@@ -83,3 +85,16 @@ class RankingValidation(keras.callbacks.Callback):
 def _weights_finite(model) -> bool:
     """True if every trainable weight of `model` is finite (checked on the device)."""
     return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables)
+
+
+class JsonLines(keras.callbacks.Callback):
+    """Appends one JSON line per epoch to `path`: {"epoch": 1-based, every log as a float}."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in
+                                                        (logs or {}).items()}}) + "\n")

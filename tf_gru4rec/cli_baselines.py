@@ -21,7 +21,7 @@ TIE_MODES = ("standard", "conservative", "median")
 
 def register(subparsers) -> None:
     """Add the `baselines` subcommand to the `tf-gru4rec` parser."""
-    from tf_gru4rec.cli import _add_read_options, add_json_option
+    from tf_gru4rec.cli_common import add_json_option, add_read_options
 
     p = subparsers.add_parser(
         "baselines", help="Recall@K / MRR@K of POP, S-POP, item-KNN and BPR-MF",
@@ -47,12 +47,12 @@ def register(subparsers) -> None:
                    help="BPR-MF learning rate")
     p.add_argument("--seed", type=types.integer(0), default=0, help="BPR-MF seed")
     add_json_option(p)
-    _add_read_options(p)
+    add_read_options(p)
     p.set_defaults(func=cmd_baselines)
 
 
 def cmd_baselines(args) -> int:
-    from tf_gru4rec.cli import _check_trainable, _read, _results_out, _test_log
+    from tf_gru4rec.cli_common import check_trainable, read_clicks, results_out, test_log
     from tf_gru4rec.data.io import ITEM
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
@@ -60,11 +60,11 @@ def cmd_baselines(args) -> int:
     from tf_gru4rec.paths import check_input_file
 
     check_input_file(args.test, "--test")
-    events = _read(args.train, args, "--train")
+    events = read_clicks(args.train, args, "--train")
     vocabulary = ItemVocabulary.from_events(events[ITEM].to_numpy())
-    _check_trainable(events, "--train", args.train)
+    check_trainable(events, "--train", args.train)
     train_log = SessionLog.from_events(events, vocabulary)
-    test_log = _test_log(args.test, args, vocabulary)
+    test = test_log(args.test, args, vocabulary)
     params = {
         "pop": {"top_n": args.top_n},
         "spop": {"top_n": args.top_n},
@@ -73,7 +73,7 @@ def cmd_baselines(args) -> int:
                   "learning_rate": args.learning_rate, "seed": args.seed},
     }
     logger.info("baselines %s on %d training items, %d test events", args.names,
-                len(vocabulary), test_log.n_predictions)
-    _results_out(run_baselines(train_log, test_log, names=args.names, cutoffs=args.cutoffs,
-                               tie_mode=args.tie_mode, params=params), args.json)
+                len(vocabulary), test.n_predictions)
+    results_out(run_baselines(train_log, test, names=args.names, cutoffs=args.cutoffs,
+                              tie_mode=args.tie_mode, params=params), args.json)
     return 0

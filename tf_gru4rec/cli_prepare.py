@@ -170,7 +170,7 @@ def _separator(text: str) -> str:
 
 
 def cmd_prepare_rsc15(args) -> int:
-    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.cli_common import json_out as _json_out
     from tf_gru4rec.data.io import read_yoochoose_clicks
     from tf_gru4rec.data.rsc15 import prepare_rsc15, write_rsc15
     from tf_gru4rec.paths import check_input_file, check_output_dir

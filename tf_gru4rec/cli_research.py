@@ -25,7 +25,7 @@ LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 
 
 def cmd_reproduce(args) -> int:
-    from tf_gru4rec.cli import _read
+    from tf_gru4rec.cli_common import read_clicks as _read
     from tf_gru4rec.paths import check_input_file, check_output_file
     from tf_gru4rec.reproduce import format_markdown, run_reproduction
 
@@ -78,7 +78,10 @@ def cmd_tune(args) -> int:
     from tf_gru4rec.extras import require
 
     require("tune", "optuna")
-    from tf_gru4rec.cli import _json_out, _overrides, _preset, _read
+    from tf_gru4rec.cli_common import json_out as _json_out
+    from tf_gru4rec.cli_common import overrides as _overrides
+    from tf_gru4rec.cli_common import preset as _preset
+    from tf_gru4rec.cli_common import read_clicks as _read
     from tf_gru4rec.config_checks import check_config
     from tf_gru4rec.paths import check_input_file, check_output_file
     from tf_gru4rec.reproduce import train_and_eval_logs
@@ -125,7 +128,7 @@ def cmd_tune(args) -> int:
 
 def register(subparsers) -> None:
     """Add `reproduce` and `tune` to the `tf-gru4rec` parser."""
-    from tf_gru4rec.cli import _add_read_options
+    from tf_gru4rec.cli_common import add_read_options as _add_read_options
 
     p = subparsers.add_parser(
         "reproduce",

@@ -1,25 +1,34 @@
-"""Training on several devices or machines with `tf.distribute`: a custom loop over
-`strategy.run`.
+"""The block engine of the training loop (`tf_gru4rec.loop`) at every scale: one replica (one
+process on one device, the default strategy) or several (`tf.distribute`: `MirroredStrategy`,
+`MultiWorkerMirroredStrategy`).
 
-Keras 3 `model.fit` fails under `MultiWorkerMirroredStrategy` in TF 2.21 (per-replica values in
-the input build step and in the metric reduction, keras-team/keras#20329), so distributed
-training runs its own loop; one process on one device keeps `fit` (`tf_gru4rec.training`).
+Keras 3 `model.fit` fails under the strategies in TF 2.21 (checked again for this loop: under a
+one-device `MirroredStrategy` it cannot build the model, under two devices its input step
+all-reduces a bool tensor; under `MultiWorkerMirroredStrategy` per-replica values break the
+input build step and the metric reduction, keras-team/keras#20329), so every scale runs this
+engine, driven by the same Keras callbacks (`tf_gru4rec.loop`).
 
-Each replica trains on its own sessions with B / R of the B slots (`tf_gru4rec.distributed_input`)
-and its own negatives; the loss is divided by the global B, the gradients (the item tables'
-row-sparse ones included, as `IndexedSlices`) are summed over the replicas by Keras' optimizer,
-and every replica applies the same `AdagradM` update to its copy of the variables. A block of K
-steps is one `tf.function` call: an all-gather first tells how many of its steps hold events on
-any replica (all run that many) and whether any replica has a block after it, then a loop in
-cross-replica context runs one `strategy.run` per step (each step's forward and backward pass
-is one XLA program). The epoch's events, loss and steps are summed over the replicas.
+One replica: a block of K steps is `GRU4Rec.train_block`, the program `fit` runs (with XLA the
+loop over the steps, forward, backward and optimizer update, is one XLA program). A strategy of
+one replica (a one-worker `TF_CONFIG`, `--mirrored` on a host of one device) has nothing to
+synchronise and runs this path, without the strategy.
+
+Several replicas: each trains on its own sessions with B / R of the B slots
+(`tf_gru4rec.distributed_input`) and its own negatives; the loss is divided by the global B, the
+gradients (the item tables' row-sparse ones included, as `IndexedSlices`) are summed over the
+replicas by Keras' optimizer, and every replica applies the same `AdagradM` update to its copy
+of the variables. A block is one `tf.function` call: an all-gather first tells how many of its
+steps hold events on any replica (all run that many) and whether any replica has a block after
+it, then a loop in cross-replica context runs one `strategy.run` per step (each step's forward
+and backward pass is one XLA program; collectives cannot run inside XLA on CPU). At the end of
+the block the replicas' GRU states are gathered into the model's `train_states` [B, H] (replica
+r's slots are rows r B/R ... (r + 1) B/R), so a backup taken there holds the whole state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -64,7 +73,21 @@ def replica_streams(source: TrainingSource, config: TrainConfig, replicas: list[
             for r in replicas]
 
 
-def _thread_count() -> int | None:
+def _copy_model(model, config: TrainConfig):
+    """A built GRU4Rec of `model`'s architecture (with the config's batch size) holding its
+    weights, created in the current strategy scope."""
+    from tf_gru4rec.model import GRU4Rec
+
+    copy = GRU4Rec.from_config({**model.get_config(), "batch_size": config.batch_size})
+    copy.build()
+    values = {w.path: w for w in model.weights}
+    for weight in copy.weights:
+        if not weight.path.split("/")[-1].startswith("train_state"):
+            weight.assign(np.asarray(values[weight.path].value))
+    return copy
+
+
+def thread_count() -> int | None:
     """Threads of this process (Linux), logged per epoch: collectives must not leak them."""
     try:
         with open("/proc/self/status") as f:
@@ -74,27 +97,50 @@ def _thread_count() -> int | None:
 
 
 class DistributedTrainer:
-    """Builds the model under `strategy` and trains it on `source` (module docstring)."""
+    """Builds the model under `strategy` and trains it on `source`, block by block (module
+    docstring); `tf_gru4rec.loop.TrainingLoop` runs the epochs and the callbacks.
+
+    Args:
+      config: the run's settings.
+      source: the training sessions (`TrainingSource`).
+      strategy: a `tf.distribute` strategy, None (or one of one replica): the default one.
+      model: a built GRU4Rec to continue training (warm start): trained as it is on one
+        replica; on several, its weights are copied into a model of its architecture built
+        under the strategy.
+    """
 
     def __init__(self, config: TrainConfig, source: TrainingSource,
-                 strategy: tf.distribute.Strategy):
-        from tf_gru4rec.training import build_model
+                 strategy: tf.distribute.Strategy | None = None, model=None):
+        from tf_gru4rec.training import build_model, compile_model
 
         self.config = config
         self.source = source
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            strategy = tf.distribute.get_strategy()
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
         with strategy.scope():
-            self.model = build_model(config, source.n_items, source.item_support())
+            if model is None:
+                self.model = build_model(config, source.n_items, source.item_support())
+            elif self.n_replicas == 1:  # continued as it is, optimizer state included
+                self.model = model if model.optimizer is not None else compile_model(model,
+                                                                                     config)
+            else:
+                self.model = _copy_model(model, config)
+                self.model.set_item_support(source.item_support())
+                compile_model(self.model, config)
             optimizer = self.model.optimizer
-            if hasattr(optimizer, "static_shapes"):
+            if self.n_replicas > 1 and hasattr(optimizer, "static_shapes"):
                 optimizer.static_shapes = False  # no XLA here: `tf.unique` row sums
             optimizer.build(self.model.trainable_variables)
         self._stream_cache: dict[tuple[int, ...], list[ReplicaStream]] = {}
-        self._run_block = tf.function(self._block_on_replicas)
-        # One step's forward and backward pass as one XLA program (no collective inside).
-        self._forward_backward = tf.function(self.model.forward_backward,
-                                             jit_compile=config.jit_compile)
+        self._steps_cache: dict[int, int | None] = {}
+        self._states = None
+        if self.n_replicas > 1:
+            self._run_block = tf.function(self._block_on_replicas)
+            # One step's forward and backward pass as one XLA program (no collective inside).
+            self._forward_backward = tf.function(self.model.forward_backward,
+                                                 jit_compile=config.jit_compile)
 
     # ------------------------------------------------------------------ one block
     def _replica_extent(self, block):
@@ -123,23 +169,41 @@ class DistributedTrainer:
         for i in tf.range(extent[0]):
             states, totals = strategy.run(self._replica_step, args=(block, i, states, totals))
         totals = strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+        gathered = strategy.experimental_local_results(
+            strategy.run(self._gather_states, args=(states,)))[0]
+        for variable, value in zip(self.model.train_states,
+                                   tf.split(gathered, self.model.layer_sizes, axis=1),
+                                   strict=True):
+            variable.assign(value)
         return states, totals, extent[0], extent[1] > 0
 
-    # ------------------------------------------------------------------ the loop
-    def _zero_states(self):
+    @staticmethod
+    def _gather_states(states):
+        """[B, sum H]: every replica's states, its layers side by side, replicas in order."""
+        return tf.distribute.get_replica_context().all_gather(tf.concat(states, axis=1), axis=0)
+
+    # ------------------------------------------------------------------ the epoch
+    def _initial_states(self):
+        """Each replica's slots of the model's `train_states` (zeros, or a restored backup's)."""
         local = self.config.batch_size // self.n_replicas
+        values = [np.asarray(v.value) for v in self.model.train_states]
         states = self.strategy.experimental_distribute_values_from_function(
-            lambda _: [tf.zeros((local, h)) for h in self.model.layer_sizes])
+            lambda context: [tf.constant(v[context.replica_id_in_sync_group * local:][:local])
+                             for v in values])
         if len(self.strategy.extended.worker_devices) == 1:
             # `strategy.run` returns plain tensors for one local replica: start alike.
             states = [self.strategy.experimental_local_results(s)[0] for s in states]
         return states
 
-    def _dataset(self, epoch: int):
+    def _dataset(self, epoch: int, skip_blocks: int):
+        if self.n_replicas == 1:
+            return self._streams((0,))[0].dataset(epoch, skip_blocks)
+
         def dataset_fn(context: tf.distribute.InputContext):
             local = self.n_replicas // context.num_input_pipelines
             replicas = [context.input_pipeline_id * local + i for i in range(local)]
-            datasets = [stream.dataset(epoch) for stream in self._streams(tuple(replicas))]
+            datasets = [stream.dataset(epoch, skip_blocks)
+                        for stream in self._streams(tuple(replicas))]
             if len(datasets) == 1:
                 return datasets[0]
             # The local replicas take the elements in turn.
@@ -156,57 +220,50 @@ class DistributedTrainer:
                                                            list(replicas), self.n_replicas)
         return self._stream_cache[replicas]
 
-    def run_epoch(self, epoch: int) -> tuple[float, int, int]:
-        """Trains one epoch; returns (mean loss over the events, steps run, events trained on
-        by all replicas together)."""
-        iterator = iter(self._dataset(epoch))
-        states, loss_sum, n_events, steps = self._zero_states(), 0.0, 0.0, 0
+    def steps_per_epoch(self, epoch: int) -> int | None:
+        """Steps of epoch `epoch` (all replicas run the busiest one's); None for Parquet
+        shards (counting them would read every shard)."""
+        if self.source.log is None:
+            return None
+        if epoch not in self._steps_cache:
+            streams = self._streams(tuple(range(self.n_replicas)))
+            self._steps_cache = {epoch: max(s.steps_per_epoch(epoch) for s in streams)}
+        return self._steps_cache[epoch]
+
+    def train_epoch(self, epoch: int, skip_blocks: int = 0):
+        """Trains epoch `epoch` from block `skip_blocks` on; yields (steps, loss sum, events)
+        of each block once it is trained (events: of all replicas together)."""
+        iterator = iter(self._dataset(epoch, skip_blocks))
+        if self.n_replicas > 1:
+            states = self._initial_states()
         more = True
         while more:
-            states, totals, n_steps, more = self._run_block(next(iterator), states)
-            loss_sum += float(totals[0])
-            n_events += float(totals[1])
-            steps += int(n_steps)
-            more = bool(more)
+            block = next(iterator)
+            if self.n_replicas == 1:
+                totals = self.model.train_block(block, block["n_real"])
+                n_steps, more = int(block["n_real"]), bool(block["more"])
+            else:
+                states, totals, n_steps, more = self._run_block(block, states)
+                n_steps, more = int(n_steps), bool(more)
+            totals = np.asarray(totals)
+            yield n_steps, float(totals[0]), float(totals[1])
+
+    def run_epoch(self, epoch: int) -> tuple[float, int, int]:
+        """Trains one epoch without callbacks; returns (mean loss over the events, steps run,
+        events trained on by all replicas together)."""
+        loss_sum = n_events = steps = 0
+        for n_steps, block_loss, block_events in self.train_epoch(epoch):
+            loss_sum, n_events, steps = loss_sum + block_loss, n_events + block_events, \
+                steps + n_steps
         return loss_sum / max(n_events, 1.0), steps, int(round(n_events))
 
-    def fit(self, epoch_end=None, backup=None, write_backups: bool = True) -> dict:
-        """Trains `config.n_epochs` epochs; `epoch_end(epoch, logs)` is called after each one.
-        Returns the history {"loss": [...], "steps": [...], "events": [...]} (events: trained
-        on by all replicas together; each epoch covers every event with a successor once).
+    def fit(self, callbacks=(), backup=None, verbose=0) -> dict:
+        """Trains `config.n_epochs` epochs with `tf_gru4rec.loop.TrainingLoop` (callbacks,
+        `backup`: a `TrainingBackup` restored first); returns the history ("loss", the
+        callbacks' logs, "steps" and "events" per epoch)."""
+        from tf_gru4rec.loop import TrainingLoop
 
-        backup: a `TrainingBackup` (`tf_gru4rec.resume`): every worker restores it before the
-          first step (a collective check then makes sure all hold the same state: the backup
-          directory must be on storage they share); with `write_backups` (the chief) the state
-          is backed up at each epoch end.
-        """
-        history, first_epoch = {"loss": [], "steps": [], "events": []}, 0
-        if backup is not None:
-            point = backup.restore(self.model)
-            if point is not None:
-                first_epoch = point.epoch
-                history = {key: list(point.history.get(key, [])) for key in history}
-            digests = self.gathered_digests()
-            if len(set(digests)) != 1:
-                raise ValueError(f"--backup-dir {backup.backup_dir!r}: the workers restored "
-                                 "different states (some found no backup, or another one); "
-                                 "expected a backup directory on storage every worker shares")
-        for epoch in range(first_epoch, self.config.n_epochs):
-            start = time.perf_counter()
-            loss, steps, events = self.run_epoch(epoch)
-            history["loss"].append(loss)
-            history["steps"].append(steps)
-            history["events"].append(events)
-            seconds = time.perf_counter() - start
-            logger.info("epoch %d/%d: loss %.4f, %d steps of %d replicas, %.0f events/s, "
-                        "%s threads", epoch + 1, self.config.n_epochs, loss, steps,
-                        self.n_replicas, self.source.n_predictions / max(seconds, 1e-9),
-                        _thread_count())
-            if epoch_end is not None:
-                epoch_end(epoch, {"loss": loss})
-            if backup is not None and write_backups:
-                backup.on_epoch_end(epoch, {"loss": loss, "steps": steps, "events": events})
-        return history
+        return TrainingLoop(self, callbacks, backup=backup, verbose=verbose).run()
 
     def weight_digests(self) -> list[str]:
         """sha256 of every variable (weights and optimizer state) on each local replica."""
@@ -224,6 +281,8 @@ class DistributedTrainer:
     def gathered_digests(self) -> list[str]:
         """`weight_digests` of every replica of the cluster, in replica order (a collective:
         every worker calls it; it is also the end-of-training barrier)."""
+        if self.n_replicas == 1:
+            return self.weight_digests()
         local = [np.frombuffer(bytes.fromhex(d), dtype=np.int32) for d in self.weight_digests()]
         words = self.strategy.experimental_distribute_values_from_function(
             lambda context: tf.constant(local[context.replica_id_in_sync_group % len(local)]))

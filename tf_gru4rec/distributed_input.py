@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.sampling import NegativeSampler
-from tf_gru4rec.session_parallel import session_order, session_parallel_steps
+from tf_gru4rec.session_parallel import StepArrays, session_order, session_parallel_steps
 
 # Replica r > 0 seeds its negatives with seed + r * REPLICA_SEED_STRIDE (replica 0 draws what a
 # single-process run draws).
@@ -101,27 +101,38 @@ class ReplicaStream:
                             steps_per_block=self.steps_per_block)
             if n_sample > 0 else None)
 
-    def real_blocks(self, epoch: int) -> Iterator[dict]:
-        """The epoch's blocks of K steps (numpy; the last one padded), part after part."""
-        k, step = self.steps_per_block, 0
+    def steps(self, epoch: int) -> Iterator[StepArrays]:
+        """The session-parallel steps of each part in turn (each part loaded when reached)."""
         for index, load in enumerate(self.parts):
             log = load()
             seed = self.seed * 7919 + epoch + 104_729 * index
-            arrays = session_parallel_steps(log, self.batch_size,
-                                            session_order(log, self.shuffle_sessions, seed))
+            yield session_parallel_steps(log, self.batch_size,
+                                         session_order(log, self.shuffle_sessions, seed))
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        """Real steps of the epoch (loads every part: for a log in memory)."""
+        return sum(arrays.n_steps for arrays in self.steps(epoch))
+
+    def real_blocks(self, epoch: int, skip_blocks: int = 0) -> Iterator[dict]:
+        """The epoch's blocks of K steps (numpy; the last one of a part padded), part after
+        part, without the first `skip_blocks` (a resumed epoch; their steps keep counting)."""
+        k, step, index = self.steps_per_block, 0, 0
+        for arrays in self.steps(epoch):
             for start in range(0, arrays.n_steps, k):
                 block = {name: getattr(arrays, name)[start:start + k]
                          for name in ("inputs", "targets", "reset", "valid")}
                 n_real = len(block["inputs"])
-                yield {**_pad(block, k), "n_real": np.int32(n_real),
-                       "epoch": np.full(k, epoch, np.int64),
-                       "step": np.arange(step, step + k, dtype=np.int64)}
+                if index >= skip_blocks:
+                    yield {**_pad(block, k), "n_real": np.int32(n_real),
+                           "epoch": np.full(k, epoch, np.int64),
+                           "step": np.arange(step, step + k, dtype=np.int64)}
                 step += n_real
+                index += 1
 
-    def blocks(self, epoch: int) -> Iterator[dict]:
+    def blocks(self, epoch: int, skip_blocks: int = 0) -> Iterator[dict]:
         """`real_blocks` with `more` set, then empty blocks (n_real 0) forever."""
         previous = None
-        for block in self.real_blocks(epoch):
+        for block in self.real_blocks(epoch, skip_blocks):
             if previous is not None:
                 yield {**previous, "more": np.bool_(True)}
             previous = block
@@ -136,15 +147,15 @@ class ReplicaStream:
                    "epoch": np.full(self.steps_per_block, epoch, np.int64),
                    "step": np.arange(step, step + self.steps_per_block, dtype=np.int64)}
 
-    def dataset(self, epoch: int) -> tf.data.Dataset:
-        """`blocks(epoch)` as a dataset, with negatives [K, n_sample] added."""
+    def dataset(self, epoch: int, skip_blocks: int = 0) -> tf.data.Dataset:
+        """`blocks(epoch, skip_blocks)` as a dataset, with negatives [K, n_sample] added."""
         k, b = self.steps_per_block, self.batch_size
         signature = {
             "inputs": tf.TensorSpec([k, b], tf.int32), "targets": tf.TensorSpec([k, b], tf.int32),
             "reset": tf.TensorSpec([k, b], tf.bool), "valid": tf.TensorSpec([k, b], tf.bool),
             "n_real": tf.TensorSpec([], tf.int32), "more": tf.TensorSpec([], tf.bool),
             "epoch": tf.TensorSpec([k], tf.int64), "step": tf.TensorSpec([k], tf.int64)}
-        dataset = tf.data.Dataset.from_generator(lambda: self.blocks(epoch),
+        dataset = tf.data.Dataset.from_generator(lambda: self.blocks(epoch, skip_blocks),
                                                  output_signature=signature)
         if self.sampler is not None:
             dataset = dataset.map(self.sampler.add_to_block)

@@ -1,4 +1,5 @@
-"""`GRU4Rec`, a Keras model trained with plain `model.fit` on session-parallel steps."""
+"""`GRU4Rec`, a Keras model trained on session-parallel steps (`model.fit`, or the training
+loop of `tf_gru4rec.loop`); its block-of-steps training is `tf_gru4rec.block_training`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import logging
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec import losses, xla_flags
+from tf_gru4rec.block_training import BlockTraining
 from tf_gru4rec.layers import BlockGlorotUniform, GRUStack, HashDropout, ItemScores, weight_seed
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ EMBEDDING_MODES = ("one-hot", "separate", "constrained")
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
-class GRU4Rec(keras.Model):
+class GRU4Rec(BlockTraining, keras.Model):
     """GRU4Rec: item -> embedding -> GRU stack -> scores of sampled items -> ranking loss.
 
     Args (names follow the original implementation):
@@ -199,90 +200,6 @@ class GRU4Rec(keras.Model):
         if self.loss_name == "bpr-max":
             return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)
         return self.loss_fn(positive, scores, mask)
-
-    def forward_backward(self, data, states=None):
-        """One training step's gradients: (grads, per-event loss [B], valid [B], new states).
-
-        `states` ([B, H] per layer) default to the `train_states` variables; the
-        distributed loop (`tf_gru4rec.distributed`) passes each replica's own. The loss is
-        divided by `batch_size`, the global number of slots, so gradients summed over replicas
-        equal those of one replica holding all the slots.
-        """
-        keep = 1.0 - ops.cast(data["reset"], "float32")[:, None]
-        states = self.train_states if states is None else states
-        states = [ops.convert_to_tensor(s) * keep for s in states]
-        valid = ops.cast(data["valid"], "float32")
-        with tf.GradientTape() as tape:
-            hidden, new_states = self.step(data["inputs"], states, training=True)
-            per_event = self.sampled_loss(hidden, data["targets"], valid, data.get("negatives"))
-            per_event = per_event * valid
-            # The original sums over the batch and divides by the batch size.
-            loss = ops.sum(per_event) / float(self.batch_size)
-        grads = tape.gradient(loss, self.trainable_variables)
-        return grads, per_event, valid, new_states
-
-    def compile(self, optimizer="adagrad", step_compilation="full", **kwargs):
-        """Keras `compile`, plus `step_compilation`: how a block of training steps runs
-        ("full": the whole block is one XLA program, a loop over the steps; None: no XLA).
-
-        Keras' own `jit_compile` defaults to False here: the block compiles itself
-        (`SessionParallelInput.dataset(blocks=True)` gives one block per `fit` step). An
-        `AdagradM` optimizer gets `static_shapes` set to what the compilation needs.
-        """
-        if step_compilation not in ("full", None):
-            raise ValueError("`step_compilation` should be 'full' or None. "
-                             f"Received: {step_compilation!r}")
-        self.step_compilation = step_compilation
-        kwargs.setdefault("jit_compile", False)
-        if hasattr(optimizer, "static_shapes"):
-            # AdagradM: static-shape row sums under XLA, `tf.unique` (faster) outside it.
-            optimizer.static_shapes = (step_compilation == "full"
-                                     or kwargs["jit_compile"] is not False)
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def train_step(self, data):
-        """One step (entries [B]) or a block of K steps (entries [K, B], from
-        `SessionParallelInput.dataset(blocks=True)`), run one after another in this call."""
-        if isinstance(data, tuple):
-            data = data[0]
-        if data["inputs"].shape.rank == 1:
-            data = {key: value[None] for key, value in data.items()}
-        self._compiled_block()(data)
-        return {"loss": self.loss_tracker.result()}
-
-    def _run_block(self, data):
-        """Trains on each of the K steps of a block (entries [K, ...]), in order."""
-        n_steps = tf.shape(data["inputs"])[0]
-
-        def body(i):
-            self._update(*self.forward_backward({key: value[i] for key, value in data.items()}))
-            return (i + 1,)
-
-        tf.while_loop(lambda i: i < n_steps, body, (tf.constant(0),), parallel_iterations=1)
-
-    def _compiled_block(self):
-        """The block update as a `tf.function`; with `step_compilation="full"` the loop over
-        the block's steps is one XLA program (no per-step launch cost; the item tables stay
-        in place across the steps, see `tf_gru4rec.xla_flags`)."""
-        mode = self.step_compilation
-        if self._train_step_fn is None or self._train_step_mode != mode:
-            self._train_step_fn = tf.function(self._run_block, jit_compile=mode == "full")
-            self._train_step_mode = mode
-        return self._train_step_fn
-
-    def _update(self, grads, per_event, valid, new_states):
-        self.optimizer.apply(grads, self.trainable_variables)
-        for variable, value in zip(self.train_states, new_states, strict=True):
-            variable.assign(value)
-        self.loss_tracker.update_state(per_event, sample_weight=valid)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
-
-    def reset_train_states(self):
-        for variable in self.train_states:
-            variable.assign(ops.zeros_like(variable))
 
     def get_config(self):
         config = super().get_config()

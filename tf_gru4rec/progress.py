@@ -20,7 +20,9 @@ class StepProgress(keras.callbacks.Callback):
     """A Keras progress bar of training steps (verbose 1) or one line per epoch (verbose 2).
 
     Args:
-      source: the `SessionParallelInput` being fitted (steps per epoch, block size).
+      source: the training loop's `LoopPosition` (`tf_gru4rec.loop`; steps done, steps per
+        epoch, None when unknown), or a `SessionParallelInput` under `fit` (steps per epoch,
+        block size).
       epochs: epochs of the run (for the "Epoch e/E" line).
       verbose: 1 (a bar updated each block), 2 (a line at each epoch end) or "auto" (1 when
         standard output, where Keras prints, is a terminal, else 2).
@@ -36,7 +38,7 @@ class StepProgress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.total = self.source.steps_per_epoch(epoch)
-        self.done = min(self.source.skip_steps, self.total)  # a resumed half-done epoch
+        self.done = self._clip(self.source.skip_steps)  # a resumed half-done epoch
         if self.epochs > 1:
             io_utils.print_msg(f"Epoch {epoch + 1}/{self.epochs}")
         self.bar = keras.utils.Progbar(self.total, verbose=self.verbose, unit_name="step",
@@ -45,12 +47,20 @@ class StepProgress(keras.callbacks.Callback):
             self.bar.update(self.done)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.done = min(self.done + self.source.steps_per_block, self.total)
+        if hasattr(self.source, "state"):  # the training loop counts its steps
+            self.done = self._clip(self.source.step)
+        else:
+            self.done = self._clip(self.done + self.source.steps_per_block)
         if self.verbose == 1:
             self.bar.update(self.done, list((logs or {}).items()), finalize=False)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.total is None:  # Parquet shards: the length is known now
+            self.bar.target = self.total = self.done
         self.bar.update(self.total, list((logs or {}).items()), finalize=True)
+
+    def _clip(self, steps: int) -> int:
+        return steps if self.total is None else min(steps, self.total)
 
 
 def resolve_verbosity(verbose: int | str) -> int:

@@ -42,6 +42,7 @@ class ResumePoint:
     seconds: float
     history: dict
     resumes: int
+    loop: dict | None = None  # `LoopPosition.state()` of the training loop (tf_gru4rec.loop)
 
 
 class TrainingBackup(keras.callbacks.Callback):
@@ -50,13 +51,14 @@ class TrainingBackup(keras.callbacks.Callback):
 
     Args:
       backup_dir: directory of the backup (created; `delete` removes it).
-      source: the `SessionParallelInput` being trained on (block size, epoch lengths).
+      source: what is being trained on: the training loop's `LoopPosition` (`tf_gru4rec.loop`:
+        steps done, block size, epoch lengths; its `state()` is saved with the backup and
+        given back in `ResumePoint.loop`), or a `SessionParallelInput` under Keras `fit`.
       fingerprint: JSON-able description of the run; a backup of another run is refused.
       every_steps: also back up mid-epoch after this many training steps (0: epoch ends only).
-      with_metrics: also back up the metrics' running state (the loss of a half-done epoch).
-        The distributed loop (`tf_gru4rec.distributed`) backs up at epoch ends only and keeps
-        its own loss; there, reading a metric created under a strategy is an all-reduce, which
-        the chief alone must not start.
+      with_metrics: also back up the metrics' running state (the loss of a half-done epoch),
+        for `fit`. The training loop keeps its own loss in its position (under a strategy,
+        reading a metric is an all-reduce, which the chief alone must not start).
     """
 
     def __init__(self, backup_dir: str, source, fingerprint: dict, every_steps: int = 0,
@@ -119,7 +121,7 @@ class TrainingBackup(keras.callbacks.Callback):
         logger.info("resuming from %s: epoch %d, step %d", self.path, meta["epoch"] + 1,
                     meta["step"])
         return ResumePoint(meta["epoch"], meta["step"], meta["seconds"], meta["history"],
-                           self.resumes)
+                           self.resumes, meta.get("loop"))
 
     def _extra_variables(self) -> list:
         """State that `save_weights` leaves out: seed generators (dropout), then metrics."""
@@ -137,7 +139,7 @@ class TrainingBackup(keras.callbacks.Callback):
         if self._pending is not None and self._pending[0] == epoch:
             _, self._step, metric_values = self._pending
             self._saved_step = self._step
-            if self._step:  # the loss so far in this half-done epoch
+            if self._step and self.with_metrics:  # the loss so far in this half-done epoch
                 for variable, value in zip(self.model.metrics_variables, metric_values,
                                            strict=True):
                     variable.assign(value)
@@ -145,8 +147,11 @@ class TrainingBackup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         n_steps = self.source.steps_per_epoch(self._epoch)
-        self._step = min(self._step + self.source.steps_per_block, n_steps)
-        if (self.every_steps and self._step < n_steps
+        if hasattr(self.source, "state"):  # the training loop counts its steps
+            self._step = self.source.step
+        else:
+            self._step = min(self._step + self.source.steps_per_block, n_steps)
+        if (self.every_steps and (n_steps is None or self._step < n_steps)
                 and self._step - self._saved_step >= self.every_steps):
             self._save(self._epoch, self._step)
             self._saved_step = self._step
@@ -164,6 +169,8 @@ class TrainingBackup(keras.callbacks.Callback):
         meta = {"epoch": epoch, "step": step, "seconds": self.elapsed(),
                 "history": self.history, "resumes": self.resumes,
                 "fingerprint": self.fingerprint, "variables": [list(v.shape) for v in variables]}
+        if hasattr(self.source, "state"):
+            meta["loop"] = self.source.state()
         with h5py.File(partial, "r+") as f:
             group = f.create_group("resume")
             group.attrs["meta"] = json.dumps(meta)

@@ -1,4 +1,5 @@
-"""Build, train, save and load GRU4Rec models from a `TrainConfig`.
+"""Build, train, save and load GRU4Rec models from a `TrainConfig` (`train`: the training
+loop of every scale, `tf_gru4rec.loop`).
 
 A trained model directory holds:
   config.json          the TrainConfig
@@ -11,19 +12,17 @@ A trained model directory holds:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import time
-import warnings
 
 import keras
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.distributed_input import TrainingSource
 from tf_gru4rec.model import GRU4Rec
 from tf_gru4rec.optimizers import AdagradM
 from tf_gru4rec.progress import StepProgress
@@ -79,74 +78,70 @@ def compile_model(model: GRU4Rec, config: TrainConfig) -> GRU4Rec:
 @dataclasses.dataclass
 class TrainResult:
     """`history`, `train_seconds` and `train_events` describe the whole run, resumed or not;
-    `resumes` counts the restarts from a backup."""
+    `resumes` counts the restarts from a backup; `steps_per_epoch` and `events_per_epoch` are
+    counted by the loop (events: of all replicas together); `trainer` is the
+    `DistributedTrainer` that ran it (its strategy, `gathered_digests`)."""
 
     model: GRU4Rec
     history: dict
     train_seconds: float
     train_events: int
     resumes: int = 0
+    steps_per_epoch: list = dataclasses.field(default_factory=list)
+    events_per_epoch: list = dataclasses.field(default_factory=list)
+    trainer: object = None
 
     @property
     def events_per_second(self) -> float:
         return self.train_events / max(self.train_seconds, 1e-9)
 
 
-def train(config: TrainConfig, log: SessionLog, callbacks=(), verbose="auto",
+def train(config: TrainConfig, log: SessionLog | TrainingSource, callbacks=(), verbose="auto",
           model: GRU4Rec | None = None, backup_dir: str | None = None,
-          backup_every: int = 0) -> TrainResult:
-    """Train on the sessions of `log` for `config.n_epochs` epochs with `model.fit`.
+          backup_every: int = 0, strategy=None, chief: bool = True) -> TrainResult:
+    """Train on the sessions of `log` for `config.n_epochs` epochs with the training loop of
+    every scale (`tf_gru4rec.loop`), which drives `callbacks` as `fit` would.
 
-    `model` continues training an existing (compiled) model; by default a new one is built.
-    `backup_dir` backs the training state up at each epoch end (and every `backup_every`
-    steps, rounded up to whole blocks of `config.steps_per_execution`); if it holds a backup
-    of the same run, training resumes from it and ends as an uninterrupted run would
-    (`tf_gru4rec.resume`). The backup is removed when training finishes.
+    log: a `SessionLog`, or a `TrainingSource` (a log or Parquet shards).
+    `model` continues training an existing model (compiled: with its optimizer state; under
+    several replicas its weights are copied into a model built under the strategy); by default
+    a new one is built. `backup_dir` backs the training state up at each epoch end (and every
+    `backup_every` steps, rounded up to whole blocks of `config.steps_per_execution`); if it
+    holds a backup of the same run, training resumes from it and ends as an uninterrupted run
+    would (`tf_gru4rec.resume`). The backup is removed when training finishes.
+    `strategy`: a `tf.distribute` strategy (None: one process, one device); `chief`: this
+    worker writes the backups (every worker restores them, from storage they share).
     """
+    from tf_gru4rec.distributed import DistributedTrainer
+    from tf_gru4rec.loop import TrainingLoop
+
     keras.utils.set_random_seed(config.seed)
-    source = SessionParallelInput(
-        log, config.batch_size, n_sample=config.n_sample, sample_alpha=config.sample_alpha,
-        shuffle_sessions=config.shuffle_sessions, seed=config.seed,
-        steps_per_block=config.steps_per_execution)
-    if model is None:
-        model = build_model(config, log.n_items, log.item_support())
-    callbacks = [source.callback(), *callbacks]
-    backup, epoch, step = None, 0, 0
+    source = log if isinstance(log, TrainingSource) else TrainingSource(log=log)
+    trainer = DistributedTrainer(config, source, strategy, model=model)
+    loop = TrainingLoop(trainer, verbose=verbose)
+    callbacks = list(callbacks)
     if backup_dir:
-        backup = TrainingBackup(backup_dir, source, run_fingerprint(config, log), backup_every)
-        point = backup.restore(model)
-        if point is not None:
-            epoch, step = point.epoch, point.step
-        callbacks.append(backup)  # it records the logs the others have completed
+        loop.backup = TrainingBackup(backup_dir, loop.position, run_fingerprint(config, source),
+                                     backup_every, with_metrics=False)
+        if chief:
+            callbacks.append(loop.backup)  # it records the logs the others have completed
     if verbose != 0:  # steps with a known total instead of Keras' blocks of unknown number
-        callbacks.append(StepProgress(source, config.n_epochs, verbose))
+        callbacks.append(StepProgress(loop.position, config.n_epochs, verbose))
+    loop.callbacks = callbacks
     logger.info("training on %d events, %d predictions per epoch (each event but its "
-                "session's last; %d steps of %d slots), %d epochs", log.n_events,
-                log.n_predictions, source.steps_per_epoch(), config.batch_size,
-                config.n_epochs)
+                "session's last; %s steps of %d slots on %d replicas), %d epochs",
+                source.n_events, source.n_predictions, trainer.steps_per_epoch(0),
+                config.batch_size, trainer.n_replicas, config.n_epochs)
     start = time.perf_counter()
-    histories = []
-    with warnings.catch_warnings():
-        # The epoch length is unknown to Keras until the first epoch ends: not an error.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        fit = functools.partial(model.fit, source.dataset(blocks=True), shuffle=False,
-                                callbacks=callbacks, verbose=0)
-        if step and epoch < config.n_epochs:
-            # The rest of a half-done epoch in a fit of its own: Keras takes the length of a
-            # fit's first epoch for that of the next ones.
-            source.skip_steps = step
-            histories.append(fit(initial_epoch=epoch, epochs=epoch + 1).history)
-            epoch += 1
-        if epoch < config.n_epochs and not model.stop_training:
-            histories.append(fit(initial_epoch=epoch, epochs=config.n_epochs).history)
-    if backup is not None:
-        history, seconds = backup.history, backup.elapsed()
+    history = loop.run()
+    steps, events = history.pop("steps"), history.pop("events")
+    backup = loop.backup
+    seconds = backup.elapsed() if backup is not None else time.perf_counter() - start
+    if backup is not None and chief:
         backup.delete()
-    else:
-        history, seconds = histories[0] if histories else {}, time.perf_counter() - start
     epochs_run = len(history.get("loss", [])) or config.n_epochs
-    return TrainResult(model, history, seconds, log.n_predictions * epochs_run,
-                       backup.resumes if backup else 0)
+    return TrainResult(trainer.model, history, seconds, source.n_predictions * epochs_run,
+                       backup.resumes if backup else 0, steps, events, trainer)
 
 
 def run_fingerprint(config: TrainConfig, log) -> dict:
