@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 
-from tf_gru4rec import cli_types as types
+from tf_gru4rec.cli import types
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -29,7 +29,7 @@ def cmd_export(args) -> int:
     from tf_gru4rec.paths import check_model_dir, check_output_dir
     from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.serving.graph.limits import ServingLimits
-    from tf_gru4rec.training import load_model_dir
+    from tf_gru4rec.training.model_dir import load_model_dir
 
     check_model_dir(args.model)
     check_output_dir(args.base, "--base")
@@ -88,7 +88,7 @@ def cmd_replay(args) -> int:
 
     require("replay", "grpc", "tensorflow_serving")
     from tf_gru4rec.cli import _results_out
-    from tf_gru4rec.cli_types import fail
+    from tf_gru4rec.cli.types import fail
     from tf_gru4rec.paths import check_input_file
     from tf_gru4rec.serving.client import ServingError
     from tf_gru4rec.serving.replay import replay
