@@ -212,7 +212,7 @@ def test_the_package_s_own_modules_use_the_new_names():
 def test_the_package_s_own_modules_import_without_a_warning():
     # `python -m tf_gru4rec.cli` runs cli/__main__.py as __main__, where Python shows
     # DeprecationWarnings by default: an old name in the package would print one.
-    code = "import tf_gru4rec.nn.model, tf_gru4rec.cli, tf_gru4rec.training.train"
+    code = "import tf_gru4rec.nn.model, tf_gru4rec.cli, tf_gru4rec.training.run"
     done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
                           capture_output=True, text=True, timeout=300, env=_env())
     assert done.returncode == 0, done.stderr

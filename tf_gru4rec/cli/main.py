@@ -21,8 +21,6 @@ from tf_gru4rec.cli.common import (
     test_log,
 )
 
-# The names the serving commands (`cli_serving`) still import from here.
-_add_read_options, _json_out, _results_out = add_read_options, json_out, results_out
 __all__ = ["add_json_option", "build_parser", "entry", "main"]
 
 logger = logging.getLogger("tf_gru4rec")

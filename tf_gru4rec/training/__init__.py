@@ -13,7 +13,7 @@ import importlib
 _NAMES = {
     "make_optimizer": "build", "momentum_refused": "build", "build_model": "build",
     "compile_model": "build",
-    "TrainResult": "train", "train": "train", "run_fingerprint": "train",
+    "TrainResult": "run", "train": "run", "run_fingerprint": "run",
     "save_model_dir": "model_dir", "TrainedModel": "model_dir", "load_model_dir": "model_dir",
 }
 __all__ = sorted(_NAMES)

@@ -31,7 +31,7 @@ import keras
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.training.callbacks import RankingValidation
-from tf_gru4rec.training.train import train
+from tf_gru4rec.training.run import train
 
 logger = logging.getLogger(__name__)
 
