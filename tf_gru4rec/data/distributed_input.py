@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_gru4rec.data.input_pipeline import PREFETCH_BLOCKS
 from tf_gru4rec.data.sampling import NegativeSampler
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.session_parallel import StepArrays, session_order, session_parallel_steps
@@ -161,7 +162,12 @@ class ReplicaStream:
             dataset = dataset.map(self.sampler.add_to_block)
         dataset = dataset.map(lambda block: {key: value for key, value in block.items()
                                              if key not in ("epoch", "step")})
-        return dataset.prefetch(2)
+        # As `SessionParallelInput.dataset`: no autotuning (tearing an epoch's iterator down
+        # waited for its optimisation thread, GIL held), a fixed prefetch of two blocks.
+        options = tf.data.Options()
+        options.deterministic = True
+        options.autotune.enabled = False
+        return dataset.prefetch(PREFETCH_BLOCKS).with_options(options)
 
 
 def _pad(block: dict, k: int) -> dict:
