@@ -68,7 +68,7 @@ from tf_gru4rec.config import load_preset
 from tf_gru4rec.data.io import read_events
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.data.input_pipeline import SessionParallelInput
 from tf_gru4rec.training import build_model
 import keras
 train_path, preset, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -191,7 +191,7 @@ def main() -> None:
                             "--out", data], check=True, capture_output=True,
                            env={**os.environ, "PYTHONPATH": REPO})
         train_path, test_path = (os.path.join(data, f"{n}.tsv") for n in ("train", "test"))
-        from tf_gru4rec.workers import local_cluster
+        from tf_gru4rec.training.workers import local_cluster
 
         one_worker = json.dumps(local_cluster(1)[0])
         speed = []

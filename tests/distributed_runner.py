@@ -26,7 +26,7 @@ def adagradm() -> dict:
     """Random row-sparse and dense gradients on two replicas: the mirrored update must equal
     one device applying the summed gradients, for both row-sum paths; the first-entry scratch
     must be back to "no entry" on each replica's copy."""
-    from tf_gru4rec.optimizers import NO_ENTRY, AdagradM
+    from tf_gru4rec.nn.optimizers import NO_ENTRY, AdagradM
 
     rng = np.random.default_rng(0)
     table0 = rng.normal(size=(40, 3)).astype(np.float32)
@@ -81,13 +81,13 @@ def reference(workdir: str) -> dict:
     """Two replicas train one epoch; a plain model replays both replicas' steps by hand (the
     sum of their gradients, the loss over the global batch) from the same initial weights."""
     from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.data.distributed_input import TrainingSource
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.distributed import DistributedTrainer, replica_streams
-    from tf_gru4rec.distributed_input import TrainingSource
-    from tf_gru4rec.layers.dropout import HashDropout
+    from tf_gru4rec.nn.layers.dropout import HashDropout
     from tf_gru4rec.training import build_model
+    from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
 
     events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=250, seed=5))
     vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())

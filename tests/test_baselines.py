@@ -396,9 +396,8 @@ def test_cli_module_is_light_and_in_sync():
     import subprocess
     import sys
 
-    from tf_gru4rec import cli_baselines
-
+    from tf_gru4rec.cli import baselines as cli_baselines
     assert cli_baselines.NAMES == BASELINE_NAMES and cli_baselines.TIE_MODES == TIE_MODES
-    code = ("import sys, tf_gru4rec.cli_baselines; "
+    code = ("import sys, tf_gru4rec.cli.baselines; "
             "sys.exit(int(any(m in sys.modules for m in ('numpy', 'tensorflow'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -91,7 +91,6 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 
 def test_hugepage_environment_keeps_other_tunables(monkeypatch):
     from tf_gru4rec import hugepages
-
     env = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"})
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert env["A"] == "1"

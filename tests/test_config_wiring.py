@@ -6,10 +6,9 @@ layers, batch size, seed) and the optimizer (learning rate, momentum). The loss 
 import numpy as np
 import pytest
 
-from tf_gru4rec import distributed_input
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.config_checks import check_config
-from tf_gru4rec.data import input_pipeline
+from tf_gru4rec.data import distributed_input, input_pipeline
 from tf_gru4rec.data.sampling import NegativeSampler, sampling_probabilities
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tf_gru4rec.cli import build_parser
-from tf_gru4rec.workers import cluster_from_env
+from tf_gru4rec.training.workers import cluster_from_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = os.path.join(REPO, "deploy", "k8s", "train-job.yaml")

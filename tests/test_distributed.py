@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from tf_gru4rec.cli import main
 from tf_gru4rec.config import TrainConfig
-from tf_gru4rec.distributed import DistributedTrainer, replica_streams
-from tf_gru4rec.distributed_input import ReplicaStream, TrainingSource
-from tf_gru4rec.input_pipeline import SessionParallelInput
+from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
+from tf_gru4rec.data.input_pipeline import SessionParallelInput
 from tf_gru4rec.training import train
-from tf_gru4rec.workers import cluster_from_env
+from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
+from tf_gru4rec.training.workers import cluster_from_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "distributed_runner.py")

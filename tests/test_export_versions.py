@@ -276,7 +276,7 @@ def test_killed_export_leaves_no_version_and_the_next_cleans_up(
     assert leftover.startswith(f"{STAGING_PREFIX}{child.pid}@")
     assert numeric(base) == []  # TF Serving sees no version
 
-    with caplog.at_level(logging.WARNING, logger="tf_gru4rec.export"):
+    with caplog.at_level(logging.WARNING, logger="tf_gru4rec.serving.export"):
         path = export_model(model, vocabulary, str(base), k=K, warmup=False)
     assert path == str(base / "1") and os.listdir(base) == ["1"]
     assert f"removed {base / leftover}, left by an interrupted export" in caplog.text
@@ -320,7 +320,7 @@ def test_leftover_rules(tmp_path, caplog):
     holder = os.open(base / running / ".lock", os.O_RDWR)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with caplog.at_level(logging.WARNING, logger="tf_gru4rec.export"):
+        with caplog.at_level(logging.WARNING, logger="tf_gru4rec.serving.export"):
             gone = remove_stale_staging(str(base))
     finally:
         os.close(holder)

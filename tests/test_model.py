@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.data.input_pipeline import SessionParallelInput
 from tf_gru4rec.evaluation import evaluate, naive_ranks
-from tf_gru4rec.input_pipeline import SessionParallelInput
-from tf_gru4rec.metrics import target_ranks
-from tf_gru4rec.model import GRU4Rec
+from tf_gru4rec.evaluation.metrics import target_ranks
+from tf_gru4rec.nn.model import GRU4Rec
 from tf_gru4rec.training import (
     build_model,
     load_model_dir,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
-from tf_gru4rec.progress import StepProgress
+from tf_gru4rec.training.progress import StepProgress
 
 
 def _source(steps=120, block=50, skip=0):

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from conftest import data_dir
 
-from tf_gru4rec.callbacks import RankingValidation
 from tf_gru4rec.cli import main
 from tf_gru4rec.config import load_preset
 from tf_gru4rec.data.io import read_events, write_events
@@ -24,6 +23,7 @@ from tf_gru4rec.data.synthetic import (
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.evaluation import evaluate
 from tf_gru4rec.training import build_model, train
+from tf_gru4rec.training.callbacks import RankingValidation
 
 # ---------------------------------------------------------------- prepare rsc15
 # A raw yoochoose-clicks.dat written by hand: session -> [(ISO time, item)]. Items 11..44 are
@@ -209,7 +209,7 @@ def test_the_base_trial_off_the_grid_and_one_hot_trials_sample_and_warn_nothing_
 
     pytest.importorskip("optuna")
     from tf_gru4rec.config import TrainConfig
-    from tf_gru4rec.tuning import base_params, default_space, open_study, suggest_config
+    from tf_gru4rec.training.tuning import base_params, default_space, open_study, suggest_config
 
     base = TrainConfig(layers=[100], embedding=0, constrained_embedding=False,
                        dropout_p_hidden=0.3, learning_rate=0.08)
@@ -239,7 +239,7 @@ def test_the_base_trial_off_the_grid_and_one_hot_trials_sample_and_warn_nothing_
 
 
 def test_search_space_file_in_the_original_format(tmp_path):
-    from tf_gru4rec.tuning import load_space
+    from tf_gru4rec.training.tuning import load_space
 
     path = tmp_path / "space.json"
     path.write_text('{"name":"layers", "dtype":"int", "values":[64,512], "step":32}\n'

@@ -11,8 +11,8 @@ import pytest
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.resume import LATEST
 from tf_gru4rec.training import train
+from tf_gru4rec.training.resume import LATEST
 
 CONFIG = TrainConfig(layers=[8], batch_size=8, n_sample=6, learning_rate=0.1, momentum=0.2,
                      n_epochs=3, steps_per_execution=4, seed=5)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tf_gru4rec.cli import main
-from tf_gru4rec.resume import LATEST
 from tf_gru4rec.training import load_model_dir
+from tf_gru4rec.training.resume import LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = ["layers=8", "n_sample=16", "batch_size=8", "steps_per_execution=4",

@@ -100,9 +100,14 @@ def test_dataset_yields_the_steps_and_follows_the_epoch(synthetic_log):
 def test_dataset_runs_without_tf_data_autotuning(synthetic_log):
     # Autotuning's optimisation thread made every epoch's iterator teardown wait 1-2 s with
     # the GIL held (BENCHMARKS.md, issue 22): the training input has a fixed prefetch instead.
-    source = SessionParallelInput(synthetic_log[0], 8, n_sample=5)
-    for blocks in (False, True):
-        dataset = source.dataset(blocks=blocks)
+    from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
+
+    log = synthetic_log[0]
+    source = SessionParallelInput(log, 8, n_sample=5)
+    # the training loop's input (every scale), and Keras fit's
+    stream = ReplicaStream(TrainingSource(log=log).parts(0, 1), 8, log.item_support(),
+                           n_sample=5)
+    for dataset in (source.dataset(), source.dataset(blocks=True), stream.dataset(0)):
         assert dataset.options().autotune.enabled is False
         assert dataset.options().deterministic is True
 

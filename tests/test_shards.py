@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tf_gru4rec.cli import main
-from tf_gru4rec.cli_prepare import CHUNK_ROWS_ENV
+from tf_gru4rec.cli.prepare import CHUNK_ROWS_ENV
 from tf_gru4rec.data.io import DataError, read_events
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.shards import ShardSet

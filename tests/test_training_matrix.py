@@ -1,7 +1,7 @@
 """One matrix of `train` options at every scale: one process and 2 local worker processes
 (`--workers 2`) run the same command with validation ranking, TensorBoard, JSON lines, early
 stopping, mid-epoch backups with a kill and a rerun, and a warm start, through the same
-training loop and callbacks (`tf_gru4rec.loop`).
+training loop and callbacks (`tf_gru4rec.training.loop`).
 
 Where the maths is equal the results must be equal: a killed and resumed run ends as the
 uninterrupted one did (weights, optimizer state, metrics, validation history), at each scale;
@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from tf_gru4rec.cli import main
-from tf_gru4rec.resume import LATEST
 from tf_gru4rec.training import load_model_dir
+from tf_gru4rec.training.resume import LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCALES = {"one process": [], "2 workers": ["--workers", "2"]}

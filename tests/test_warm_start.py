@@ -7,7 +7,7 @@ from tf_gru4rec.cli import main
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.training import build_model, load_model_dir
-from tf_gru4rec.warm_start import grow_model
+from tf_gru4rec.training.warm_start import grow_model
 
 CONFIG = TrainConfig(layers=[8], batch_size=4, n_sample=5, n_epochs=1, seed=2)
 

@@ -33,7 +33,29 @@ MOVED_MODULES = {
     "tf_gru4rec.metrics": "tf_gru4rec.evaluation.metrics",
     "tf_gru4rec.baselines": "tf_gru4rec.evaluation.baselines",
     "tf_gru4rec.export": "tf_gru4rec.serving.export",
+    "tf_gru4rec.model": "tf_gru4rec.nn.model",
+    "tf_gru4rec.block_training": "tf_gru4rec.nn.block_training",
+    "tf_gru4rec.distributed_input": "tf_gru4rec.data.distributed_input",
+    "tf_gru4rec.loop": "tf_gru4rec.training.loop",
+    "tf_gru4rec.distributed": "tf_gru4rec.training.distributed",
+    "tf_gru4rec.callbacks": "tf_gru4rec.training.callbacks",
+    "tf_gru4rec.resume": "tf_gru4rec.training.resume",
+    "tf_gru4rec.progress": "tf_gru4rec.training.progress",
+    "tf_gru4rec.workers": "tf_gru4rec.training.workers",
+    "tf_gru4rec.warm_start": "tf_gru4rec.training.warm_start",
+    "tf_gru4rec.tuning": "tf_gru4rec.training.tuning",
+    "tf_gru4rec.reproduce": "tf_gru4rec.training.reproduce",
+    "tf_gru4rec.cli_train": "tf_gru4rec.cli.train",
+    "tf_gru4rec.cli_common": "tf_gru4rec.cli.common",
+    "tf_gru4rec.cli_types": "tf_gru4rec.cli.types",
+    "tf_gru4rec.cli_baselines": "tf_gru4rec.cli.baselines",
+    "tf_gru4rec.cli_prepare": "tf_gru4rec.cli.prepare",
+    "tf_gru4rec.cli_research": "tf_gru4rec.cli.research",
+    "tf_gru4rec.cli_serving": "tf_gru4rec.cli.serving",
+    "tf_gru4rec.results_table": "tf_gru4rec.cli.results_table",
 }
+# `tf_gru4rec.training` and `tf_gru4rec.cli` became packages of the same names, which export
+# the former modules' public names.
 
 
 def _new_name(name: str) -> str | None:
@@ -70,7 +92,7 @@ class _MovedLoader:
     def create_module(self, spec):
         importer, stacklevel = _importer()
         # Not for this package's own modules (those not moved yet still use some old names):
-        # the warning is for code outside, and `python -m tf_gru4rec.cli` runs cli.py as
+        # the warning is for code outside, and `python -m tf_gru4rec.cli` runs cli/__main__.py as
         # __main__, where Python shows DeprecationWarnings by default.
         if not importer.startswith(_PACKAGE_DIR):
             warnings.warn(f"{spec.name} is deprecated: it moved to {self.new}; import that "

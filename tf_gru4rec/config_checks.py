@@ -106,6 +106,6 @@ def check_config(config) -> None:
         if not ok(value):
             raise ValueError(f"Parameter {key!r} should be {expected}. Received: {value!r}")
     if config.momentum and not _takes_momentum(config.optimizer):
-        from tf_gru4rec.training import momentum_refused
+        from tf_gru4rec.training.build import momentum_refused
 
         raise ValueError(momentum_refused(config.optimizer, config.momentum))

@@ -36,7 +36,8 @@ def run_demo(options: DemoOptions) -> dict:
     from tf_gru4rec.evaluation import evaluate
     from tf_gru4rec.evaluation.baselines import run_baselines
     from tf_gru4rec.serving.export import export_model
-    from tf_gru4rec.training import save_model_dir, train
+    from tf_gru4rec.training.model_dir import save_model_dir
+    from tf_gru4rec.training.run import train
 
     os.makedirs(options.workdir, exist_ok=True)
     events = generate_sessions(SyntheticConfig(n_items=options.n_items,

@@ -23,23 +23,23 @@ TESTS = ["tests/test_sampled_loss.py", "tests/test_config_wiring.py", "tests/tes
 SHARDS = ["tests/test_shards.py", "-k", "not caps"]  # the memory-capped test takes a minute
 PLANTS = {
     "bpreg not passed to bpr-max": (
-        "tf_gru4rec/model.py", "return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)",
+        "tf_gru4rec/nn/model.py", "return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)",
         "return self.loss_fn(positive, scores, mask)"),
     "train() does not pass sample_alpha": (
         "tf_gru4rec/training.py", "n_sample=config.n_sample, sample_alpha=config.sample_alpha,",
         "n_sample=config.n_sample,"),
     "elu dropped (activation)": (
-        "tf_gru4rec/model.py", 'if self.final_act == "elu":', "if False:"),
+        "tf_gru4rec/nn/model.py", 'if self.final_act == "elu":', "if False:"),
     "elu dropped (bpr-max default)": (
-        "tf_gru4rec/model.py",
+        "tf_gru4rec/nn/model.py",
         'final_act = "elu" if (loss == "bpr-max" and elu_param > 0) else "linear"',
         'final_act = "linear"'),
-    "tanh dropped": ("tf_gru4rec/model.py", 'if self.final_act == "tanh":', "if False:"),
+    "tanh dropped": ("tf_gru4rec/nn/model.py", 'if self.final_act == "tanh":', "if False:"),
     "target among its own negatives": (
-        "tf_gru4rec/model.py", "mask = column_valid[None, :] * (1.0 - eye)",
+        "tf_gru4rec/nn/model.py", "mask = column_valid[None, :] * (1.0 - eye)",
         "mask = column_valid[None, :] + 0.0 * eye"),
     "warm start drops old weights (grow_model)": (
-        "tf_gru4rec/warm_start.py", "        if old is None:\n            continue",
+        "tf_gru4rec/training/warm_start.py", "        if old is None:\n            continue",
         "        if True:\n            continue"),
     "warm start drops old weights (CLI)": (
         "tf_gru4rec/cli.py", "model = grow_model(previous.model, previous.vocabulary, vocabulary)",
@@ -74,7 +74,7 @@ PLANTS = {
     "offsets in minutes read as 6 seconds": (
         "tf_gru4rec/data/raw_log.py", '"min": 60.0', '"min": 6.0', ["tests/test_prepare_log.py"]),
     "warm start: new item rows zeros": (
-        "tf_gru4rec/warm_start.py", "fresh = weight.numpy()",
+        "tf_gru4rec/training/warm_start.py", "fresh = weight.numpy()",
         "fresh = np.zeros(weight.shape, weight.dtype)", ["tests/test_warm_start.py"]),
     "a Keras optimizer ignores momentum": (
         "tf_gru4rec/training.py", 'options["momentum"] = config.momentum', "pass",

@@ -6,7 +6,7 @@ after reading it, which made a 1M-item step ~1.5x slower and a 10k-item step ~1.
 (measured in benchmarks/; no effect at a few thousand items, where the row update is dense).
 
 XLA reads `XLA_FLAGS` once, when the process compiles its first XLA program, so `apply()` runs
-when `tf_gru4rec.model` is imported: import it before compiling anything else with XLA. A flag
+when `tf_gru4rec.nn.model` is imported: import it before compiling anything else with XLA. A flag
 already in `XLA_FLAGS` is left as it is; `TF_GRU4REC_XLA_FLAGS=0` opts out.
 """
 

@@ -20,7 +20,7 @@ class StepProgress(keras.callbacks.Callback):
     """A Keras progress bar of training steps (verbose 1) or one line per epoch (verbose 2).
 
     Args:
-      source: the training loop's `LoopPosition` (`tf_gru4rec.loop`; steps done, steps per
+      source: the training loop's `LoopPosition` (`tf_gru4rec.training.loop`; steps done, steps per
         epoch, None when unknown), or a `SessionParallelInput` under `fit` (steps per epoch,
         block size).
       epochs: epochs of the run (for the "Epoch e/E" line).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tf_gru4rec import cli_types as types
+from tf_gru4rec.cli import types
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -21,7 +21,7 @@ TIE_MODES = ("standard", "conservative", "median")
 
 def register(subparsers) -> None:
     """Add the `baselines` subcommand to the `tf-gru4rec` parser."""
-    from tf_gru4rec.cli_common import add_json_option, add_read_options
+    from tf_gru4rec.cli.common import add_json_option, add_read_options
 
     p = subparsers.add_parser(
         "baselines", help="Recall@K / MRR@K of POP, S-POP, item-KNN and BPR-MF",
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 
 
 def cmd_baselines(args) -> int:
-    from tf_gru4rec.cli_common import check_trainable, read_clicks, results_out, test_log
+    from tf_gru4rec.cli.common import check_trainable, read_clicks, results_out, test_log
     from tf_gru4rec.data.io import ITEM
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary

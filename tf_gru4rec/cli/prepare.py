@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from tf_gru4rec import cli_types as types
+from tf_gru4rec.cli import types
 
 # Rows per chunk of `prepare log --shards` (tests set it small; default: prepare_shards').
 CHUNK_ROWS_ENV = "TF_GRU4REC_PREPARE_CHUNK_ROWS"
@@ -50,7 +50,6 @@ def _prepare_log_shards(args) -> int:
     """`prepare log --shards`: chunks staged on disk, the protocol run by DuckDB, the training
     set written as session-sorted Parquet shards (`tf_gru4rec.data.prepare_shards`)."""
     from tf_gru4rec import extras
-
     extras.require("prepare log --shards", "duckdb")
     from tf_gru4rec.data.prepare_log import format_table
     from tf_gru4rec.data.prepare_shards import ShardWork
@@ -170,7 +169,7 @@ def _separator(text: str) -> str:
 
 
 def cmd_prepare_rsc15(args) -> int:
-    from tf_gru4rec.cli_common import json_out as _json_out
+    from tf_gru4rec.cli.common import json_out as _json_out
     from tf_gru4rec.data.io import read_yoochoose_clicks
     from tf_gru4rec.data.rsc15 import prepare_rsc15, write_rsc15
     from tf_gru4rec.paths import check_input_file, check_output_dir

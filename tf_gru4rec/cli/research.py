@@ -12,11 +12,11 @@ import os
 import shlex
 import sys
 
-from tf_gru4rec import cli_types as types
+from tf_gru4rec.cli import types
 
 logger = logging.getLogger("tf_gru4rec")
 
-# As tf_gru4rec.reproduce.SETTING_KEYS / BASELINES (not imported here: it loads TensorFlow).
+# As tf_gru4rec.training.reproduce.SETTING_KEYS / BASELINES (not imported: it loads TensorFlow).
 SETTING_KEYS = ("top1-100", "bpr-100", "xe-100", "top1-1000", "bpr-1000", "xe-1000",
                 "rsc15-xe", "rsc15-bprmax")
 BASELINE_NAMES = ("pop", "spop", "itemknn", "bprmf")
@@ -25,9 +25,9 @@ LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 
 
 def cmd_reproduce(args) -> int:
-    from tf_gru4rec.cli_common import read_clicks as _read
+    from tf_gru4rec.cli.common import read_clicks as _read
     from tf_gru4rec.paths import check_input_file, check_output_file
-    from tf_gru4rec.reproduce import format_markdown, run_reproduction
+    from tf_gru4rec.training.reproduce import format_markdown, run_reproduction
 
     check_input_file(args.test, "--test")
     check_output_file(args.out)
@@ -78,14 +78,14 @@ def cmd_tune(args) -> int:
     from tf_gru4rec.extras import require
 
     require("tune", "optuna")
-    from tf_gru4rec.cli_common import json_out as _json_out
-    from tf_gru4rec.cli_common import overrides as _overrides
-    from tf_gru4rec.cli_common import preset as _preset
-    from tf_gru4rec.cli_common import read_clicks as _read
+    from tf_gru4rec.cli.common import json_out as _json_out
+    from tf_gru4rec.cli.common import overrides as _overrides
+    from tf_gru4rec.cli.common import preset as _preset
+    from tf_gru4rec.cli.common import read_clicks as _read
     from tf_gru4rec.config_checks import check_config
     from tf_gru4rec.paths import check_input_file, check_output_file
-    from tf_gru4rec.reproduce import train_and_eval_logs
-    from tf_gru4rec.tuning import (
+    from tf_gru4rec.training.reproduce import train_and_eval_logs
+    from tf_gru4rec.training.tuning import (
         best_preset,
         default_space,
         load_space,
@@ -128,7 +128,7 @@ def cmd_tune(args) -> int:
 
 def register(subparsers) -> None:
     """Add `reproduce` and `tune` to the `tf-gru4rec` parser."""
-    from tf_gru4rec.cli_common import add_read_options as _add_read_options
+    from tf_gru4rec.cli.common import add_read_options as _add_read_options
 
     p = subparsers.add_parser(
         "reproduce",

@@ -42,7 +42,7 @@ class ResumePoint:
     seconds: float
     history: dict
     resumes: int
-    loop: dict | None = None  # `LoopPosition.state()` of the training loop (tf_gru4rec.loop)
+    loop: dict | None = None  # `LoopPosition.state()` of `tf_gru4rec.training.loop`
 
 
 class TrainingBackup(keras.callbacks.Callback):
@@ -51,9 +51,10 @@ class TrainingBackup(keras.callbacks.Callback):
 
     Args:
       backup_dir: directory of the backup (created; `delete` removes it).
-      source: what is being trained on: the training loop's `LoopPosition` (`tf_gru4rec.loop`:
-        steps done, block size, epoch lengths; its `state()` is saved with the backup and
-        given back in `ResumePoint.loop`), or a `SessionParallelInput` under Keras `fit`.
+      source: what is being trained on: the training loop's `LoopPosition`
+        (`tf_gru4rec.training.loop`: steps done, block size, epoch lengths; its `state()` is
+        saved with the backup and given back in `ResumePoint.loop`), or a
+        `SessionParallelInput` under Keras `fit`.
       fingerprint: JSON-able description of the run; a backup of another run is refused.
       every_steps: also back up mid-epoch after this many training steps (0: epoch ends only).
       with_metrics: also back up the metrics' running state (the loss of a half-done epoch),

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from tf_gru4rec.data.vocabulary import ItemVocabulary
-from tf_gru4rec.model import GRU4Rec
+from tf_gru4rec.nn.model import GRU4Rec
 
 logger = logging.getLogger(__name__)
 

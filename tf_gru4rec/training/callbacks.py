@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.evaluation import evaluate
-from tf_gru4rec.metrics import check_tie_mode
+from tf_gru4rec.evaluation.metrics import check_tie_mode
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class RankingValidation(keras.callbacks.Callback):
       valid_log: validation sessions indexed with the model's vocabulary (items unknown to
         training dropped, sessions of >= 2 events).
       cutoffs: the K of Recall@K / MRR@K.
-      tie_mode: "conservative" (default), "standard" or "median"; see `tf_gru4rec.metrics`.
+      tie_mode: "conservative" (default), "standard" or "median"; see
+        `tf_gru4rec.evaluation.metrics`.
       every: evaluate every this many epochs (1: each epoch).
       batch_size: session-parallel slots of the evaluation (None: `evaluate`'s default).
       prefix: prefix of the log keys.

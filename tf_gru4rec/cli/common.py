@@ -128,6 +128,6 @@ def results_out(results: dict, as_json: bool) -> None:
     if as_json:
         json_out(results)
         return
-    from tf_gru4rec.results_table import format_metrics
+    from tf_gru4rec.cli.results_table import format_metrics
 
     sys.stdout.write(format_metrics(results) + "\n")

@@ -117,3 +117,12 @@ def launch_local_workers(n: int, argv: list[str], poll_seconds: float = 0.2) -> 
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop_all()
+
+
+def thread_count() -> int | None:
+    """Threads of this process (Linux), logged per epoch: collectives must not leak them."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    except (OSError, StopIteration, ValueError):
+        return None

@@ -31,7 +31,7 @@ from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.vocabulary import ItemVocabulary
 from tf_gru4rec.evaluation import evaluate
 from tf_gru4rec.evaluation.baselines import run_baselines
-from tf_gru4rec.training import train
+from tf_gru4rec.training.run import train
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ import warnings
 
 import keras
 
-from tf_gru4rec.callbacks import RankingValidation
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.training import train
+from tf_gru4rec.training.callbacks import RankingValidation
+from tf_gru4rec.training.run import train
 
 logger = logging.getLogger(__name__)
 

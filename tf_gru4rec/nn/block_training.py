@@ -1,13 +1,13 @@
 """Training GRU4Rec in blocks of session-parallel steps: the `BlockTraining` mixin of
-`tf_gru4rec.model.GRU4Rec`.
+`tf_gru4rec.nn.model.GRU4Rec`.
 
 A block is K consecutive steps (entries [K, B]); `train_block` trains on its first `n_steps`
 steps in one call. With `step_compilation="full"` the loop over the steps, the forward and
 backward passes and the optimizer update of every step are one XLA program (no launch cost per
-step; the item tables are updated in place, see `tf_gru4rec.xla_flags`). Keras `fit` runs it
-through `train_step`, the training loop of every scale (`tf_gru4rec.loop`) calls it directly on
-one replica; on several replicas the loop runs `forward_backward` per step instead
-(`tf_gru4rec.distributed`).
+step; the item tables are updated in place, see `tf_gru4rec.nn.xla_flags`). Keras `fit` runs it
+through `train_step`, the training loop of every scale (`tf_gru4rec.training.loop`) calls it
+directly on one replica; on several replicas the loop runs `forward_backward` per step instead
+(`tf_gru4rec.training.distributed`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class BlockTraining:
         """One training step's gradients: (grads, per-event loss [B], valid [B], new states).
 
         `states` ([B, H] per layer) default to the `train_states` variables; the
-        distributed loop (`tf_gru4rec.distributed`) passes each replica's own. The loss is
+        distributed loop (`tf_gru4rec.training.distributed`) passes each replica's own. The loss is
         divided by `batch_size`, the global number of slots, so gradients summed over replicas
         equal those of one replica holding all the slots.
         """
@@ -97,7 +97,7 @@ class BlockTraining:
     def _compiled_block(self):
         """The block update as a `tf.function`; with `step_compilation="full"` the loop over
         the block's steps is one XLA program (no per-step launch cost; the item tables stay
-        in place across the steps, see `tf_gru4rec.xla_flags`)."""
+        in place across the steps, see `tf_gru4rec.nn.xla_flags`)."""
         mode = getattr(self, "step_compilation", None)
         if getattr(self, "_train_step_fn", None) is None or self._train_step_mode != mode:
             self._train_step_fn = tf.function(self._run_block, jit_compile=mode == "full")

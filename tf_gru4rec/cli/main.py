@@ -10,9 +10,9 @@ import logging
 import os
 import sys
 
-from tf_gru4rec import cli_train
-from tf_gru4rec import cli_types as types
-from tf_gru4rec.cli_common import (
+from tf_gru4rec.cli import train as cli_train
+from tf_gru4rec.cli import types
+from tf_gru4rec.cli.common import (
     add_json_option,
     add_read_options,
     json_out,
@@ -21,8 +21,6 @@ from tf_gru4rec.cli_common import (
     test_log,
 )
 
-# The names the serving commands (`cli_serving`) still import from here.
-_add_read_options, _json_out, _results_out = add_read_options, json_out, results_out
 __all__ = ["add_json_option", "build_parser", "entry", "main"]
 
 logger = logging.getLogger("tf_gru4rec")
@@ -31,7 +29,7 @@ logger = logging.getLogger("tf_gru4rec")
 def cmd_evaluate(args) -> int:
     from tf_gru4rec.evaluation import evaluate
     from tf_gru4rec.paths import check_input_file, check_model_dir
-    from tf_gru4rec.training import load_model_dir
+    from tf_gru4rec.training.model_dir import load_model_dir
 
     check_model_dir(args.model)
     check_input_file(args.test, "--test")
@@ -125,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands with `register(subparsers)`; they import TensorFlow lazily.
-_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli_prepare", "tf_gru4rec.cli_baselines",
-                                   "tf_gru4rec.cli_serving",
-                                   "tf_gru4rec.cli_research"]
+_SUBCOMMAND_MODULES: list[str] = ["tf_gru4rec.cli.prepare", "tf_gru4rec.cli.baselines",
+                                   "tf_gru4rec.cli.serving",
+                                   "tf_gru4rec.cli.research"]
 
 
 def main(argv=None) -> int:
@@ -141,8 +139,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level,
                         format=f"%(asctime)s %(levelname)s {_worker_label()}%(name)s: "
                                "%(message)s")
-    from tf_gru4rec import xla_flags
-
+    from tf_gru4rec.nn import xla_flags
     xla_flags.apply()  # before TensorFlow loads (the quiet import below looks devices up)
     if args.log_level != "DEBUG":  # TensorFlow's C++ start-up lines only with -v debug
         from tf_gru4rec.tf_quiet import hide_startup_lines

@@ -1,5 +1,6 @@
 """`GRU4Rec`, a Keras model trained on session-parallel steps (`model.fit`, or the training
-loop of `tf_gru4rec.loop`); its block-of-steps training is `tf_gru4rec.block_training`."""
+loop of `tf_gru4rec.training.loop`); its block-of-steps training is
+`tf_gru4rec.nn.block_training`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_gru4rec import losses, xla_flags
-from tf_gru4rec.block_training import BlockTraining
-from tf_gru4rec.layers import BlockGlorotUniform, GRUStack, HashDropout, ItemScores, weight_seed
+from tf_gru4rec.nn import losses, xla_flags
+from tf_gru4rec.nn.block_training import BlockTraining
+from tf_gru4rec.nn.layers import BlockGlorotUniform, GRUStack, HashDropout, ItemScores, weight_seed
 
 logger = logging.getLogger(__name__)
 

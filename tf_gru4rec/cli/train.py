@@ -1,6 +1,6 @@
 """`tf-gru4rec train`: one process, several local devices (`--mirrored`), N local worker
 processes (`--workers N`) or a cluster (`TF_CONFIG`), from a click-log file or Parquet shards,
-all on the same training loop (`tf_gru4rec.loop`) with the same options.
+all on the same training loop (`tf_gru4rec.training.loop`) with the same options.
 
 Under several workers every worker reads the data, trains and validates (so that early stopping
 stops all of them at the same epoch); the chief (worker 0) alone writes: the backups,
@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 
-from tf_gru4rec import cli_types as types
-from tf_gru4rec.cli_common import (
+from tf_gru4rec.cli import types
+from tf_gru4rec.cli.common import (
     add_read_options,
     check_trainable,
     json_out,
@@ -133,7 +133,7 @@ def check_options(args, config, cluster) -> None:
 
 
 def cmd_train(args) -> int:
-    from tf_gru4rec.workers import cluster_from_env
+    from tf_gru4rec.training.workers import cluster_from_env
 
     check_train_paths(args)
     values = overrides(args.set)
@@ -143,12 +143,12 @@ def cmd_train(args) -> int:
     cluster = cluster_from_env()
     check_options(args, config, cluster)
     if cluster is None and args.workers > 1:  # this process only starts the workers
-        from tf_gru4rec.workers import launch_local_workers
+        from tf_gru4rec.training.workers import launch_local_workers
 
         return launch_local_workers(args.workers, args.argv)
     strategy = None
     if cluster is not None or args.mirrored:
-        from tf_gru4rec.distributed import make_strategy
+        from tf_gru4rec.training.distributed import make_strategy
 
         # The strategy comes before any other TensorFlow op of the process.
         strategy = make_strategy("multi-worker" if cluster else "mirrored")
@@ -158,7 +158,6 @@ def cmd_train(args) -> int:
     # Every input is read and checked before training starts.
     test = test_log(args.test, args, vocabulary) if args.test else None
     from tf_gru4rec import training
-
     # Keras writes its progress bar to stdout; stdout carries the metrics JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         result = training.train(config, source, callbacks=_callbacks(args, config, vocabulary,
@@ -208,9 +207,9 @@ def cmd_train(args) -> int:
 
 def _training_data(args, config):
     """(TrainingSource, vocabulary, model to continue or None) of `--train` (`--warm-start`)."""
+    from tf_gru4rec.data.distributed_input import TrainingSource
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.distributed_input import TrainingSource
 
     shards = getattr(args, "train_shards", None)  # loaded by the path checks
     if shards is not None:
@@ -219,8 +218,9 @@ def _training_data(args, config):
     check_trainable(events, "--train", args.train)
     model = None
     if args.warm_start:
-        from tf_gru4rec.training import compile_model, load_model_dir
-        from tf_gru4rec.warm_start import grow_model
+        from tf_gru4rec.training.build import compile_model
+        from tf_gru4rec.training.model_dir import load_model_dir
+        from tf_gru4rec.training.warm_start import grow_model
 
         previous = load_model_dir(args.warm_start)
         vocabulary = previous.vocabulary.extend(events["ItemId"].to_numpy())
@@ -240,7 +240,7 @@ def _callbacks(args, config, vocabulary, chief: bool) -> list:
 
     callbacks = []
     if args.valid:  # every worker: early stopping decides on it
-        from tf_gru4rec.callbacks import RankingValidation
+        from tf_gru4rec.training.callbacks import RankingValidation
 
         valid_log = test_log(args.valid, args, vocabulary, "--valid")
         callbacks.append(RankingValidation(valid_log, (20,), config.tie_mode,
@@ -252,7 +252,7 @@ def _callbacks(args, config, vocabulary, chief: bool) -> list:
     if args.tensorboard and chief:
         callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
     if args.log_json and chief:
-        from tf_gru4rec.callbacks import JsonLines
+        from tf_gru4rec.training.callbacks import JsonLines
 
         callbacks.append(JsonLines(args.log_json))
     return callbacks

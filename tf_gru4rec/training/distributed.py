@@ -1,12 +1,12 @@
-"""The block engine of the training loop (`tf_gru4rec.loop`) at every scale: one replica (one
-process on one device, the default strategy) or several (`tf.distribute`: `MirroredStrategy`,
+"""The block engine of the training loop (`tf_gru4rec.training.loop`) at every scale: one replica
+(one process on one device, the default strategy) or several (`tf.distribute`: `MirroredStrategy`,
 `MultiWorkerMirroredStrategy`).
 
 Keras 3 `model.fit` fails under the strategies in TF 2.21 (checked again for this loop: under a
 one-device `MirroredStrategy` it cannot build the model, under two devices its input step
 all-reduces a bool tensor; under `MultiWorkerMirroredStrategy` per-replica values break the
 input build step and the metric reduction, keras-team/keras#20329), so every scale runs this
-engine, driven by the same Keras callbacks (`tf_gru4rec.loop`).
+engine, driven by the same Keras callbacks (`tf_gru4rec.training.loop`).
 
 One replica: a block of K steps is `GRU4Rec.train_block`, the program `fit` runs (with XLA the
 loop over the steps, forward, backward and optimizer update, is one XLA program). A strategy of
@@ -14,16 +14,16 @@ one replica (a one-worker `TF_CONFIG`, `--mirrored` on a host of one device) has
 synchronise and runs this path, without the strategy.
 
 Several replicas: each trains on its own sessions with B / R of the B slots
-(`tf_gru4rec.distributed_input`) and its own negatives; the loss is divided by the global B, the
-gradients (the item tables' row-sparse ones included, as `IndexedSlices`) are summed over the
-replicas by Keras' optimizer, and every replica applies the same `AdagradM` update to its copy
-of the variables. A block is one `tf.function` call: an all-gather first tells how many of its
-steps hold events on any replica (all run that many) and whether any replica has a block after
-it, then a loop in cross-replica context runs one `strategy.run` per step (each step's forward
-and backward pass is one XLA program; collectives cannot run inside XLA on CPU). At the end of
-the block the replicas' GRU states are gathered into the model's `train_states` [B, H] (replica
-r's slots are rows r B/R ... (r + 1) B/R), so a backup taken there holds the whole state.
-"""
+(`tf_gru4rec.data.distributed_input`) and its own negatives; the loss is divided by the global
+B, the gradients (the item tables' row-sparse ones included, as `IndexedSlices`) are summed over
+the replicas by Keras' optimizer, and every replica applies the same `AdagradM` update to its
+copy of the variables. A block is one `tf.function` call: an all-gather first tells how many of
+its steps hold events on any replica (all run that many) and whether any replica has a block
+after it, then a loop in cross-replica context runs one `strategy.run` per step (each step's
+forward and backward pass is one XLA program; collectives cannot run inside XLA on CPU). At the
+end of the block the replicas' GRU states are gathered into the model's `train_states` [B, H]
+(replica r's slots are rows r B/R ... (r + 1) B/R), so a backup taken there holds the whole
+state. """
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
-from tf_gru4rec.distributed_input import ReplicaStream, TrainingSource
+from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
+from tf_gru4rec.training.workers import thread_count  # noqa: F401  (its former home)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def replica_streams(source: TrainingSource, config: TrainConfig, replicas: list[
 def _copy_model(model, config: TrainConfig):
     """A built GRU4Rec of `model`'s architecture (with the config's batch size) holding its
     weights, created in the current strategy scope."""
-    from tf_gru4rec.model import GRU4Rec
+    from tf_gru4rec.nn.model import GRU4Rec
 
     copy = GRU4Rec.from_config({**model.get_config(), "batch_size": config.batch_size})
     copy.build()
@@ -87,18 +88,9 @@ def _copy_model(model, config: TrainConfig):
     return copy
 
 
-def thread_count() -> int | None:
-    """Threads of this process (Linux), logged per epoch: collectives must not leak them."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
 class DistributedTrainer:
     """Builds the model under `strategy` and trains it on `source`, block by block (module
-    docstring); `tf_gru4rec.loop.TrainingLoop` runs the epochs and the callbacks.
+    docstring); `tf_gru4rec.training.loop.TrainingLoop` runs the epochs and the callbacks.
 
     Args:
       config: the run's settings.
@@ -111,7 +103,7 @@ class DistributedTrainer:
 
     def __init__(self, config: TrainConfig, source: TrainingSource,
                  strategy: tf.distribute.Strategy | None = None, model=None):
-        from tf_gru4rec.training import build_model, compile_model
+        from tf_gru4rec.training.build import build_model, compile_model
 
         self.config = config
         self.source = source
@@ -258,10 +250,10 @@ class DistributedTrainer:
         return loss_sum / max(n_events, 1.0), steps, int(round(n_events))
 
     def fit(self, callbacks=(), backup=None, verbose=0) -> dict:
-        """Trains `config.n_epochs` epochs with `tf_gru4rec.loop.TrainingLoop` (callbacks,
+        """Trains `config.n_epochs` epochs with `tf_gru4rec.training.loop.TrainingLoop` (callbacks,
         `backup`: a `TrainingBackup` restored first); returns the history ("loss", the
         callbacks' logs, "steps" and "events" per epoch)."""
-        from tf_gru4rec.loop import TrainingLoop
+        from tf_gru4rec.training.loop import TrainingLoop
 
         return TrainingLoop(self, callbacks, backup=backup, verbose=verbose).run()
 

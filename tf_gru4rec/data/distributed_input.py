@@ -13,7 +13,7 @@ the whole training log's item support. Only one shard is in memory at a time.
 [K, B/R]; the last real block is padded with empty steps), then empty blocks forever. Each
 block carries `n_real` (its leading steps with any event) and `more` (a real block follows):
 the training loop all-reduces both, so every replica runs the same number of steps and stops
-together (`tf_gru4rec.distributed`).
+together (`tf_gru4rec.training.distributed`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_gru4rec.data.input_pipeline import PREFETCH_BLOCKS
+from tf_gru4rec.data.sampling import NegativeSampler
 from tf_gru4rec.data.session_log import SessionLog
-from tf_gru4rec.sampling import NegativeSampler
-from tf_gru4rec.session_parallel import StepArrays, session_order, session_parallel_steps
+from tf_gru4rec.data.session_parallel import StepArrays, session_order, session_parallel_steps
 
 # Replica r > 0 seeds its negatives with seed + r * REPLICA_SEED_STRIDE (replica 0 draws what a
 # single-process run draws).
@@ -161,7 +162,12 @@ class ReplicaStream:
             dataset = dataset.map(self.sampler.add_to_block)
         dataset = dataset.map(lambda block: {key: value for key, value in block.items()
                                              if key not in ("epoch", "step")})
-        return dataset.prefetch(2)
+        # As `SessionParallelInput.dataset`: no autotuning (tearing an epoch's iterator down
+        # waited for its optimisation thread, GIL held), a fixed prefetch of two blocks.
+        options = tf.data.Options()
+        options.deterministic = True
+        options.autotune.enabled = False
+        return dataset.prefetch(PREFETCH_BLOCKS).with_options(options)
 
 
 def _pad(block: dict, k: int) -> dict:

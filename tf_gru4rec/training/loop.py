@@ -1,6 +1,6 @@
 """The training loop of every scale: epochs of blocks of steps, driving Keras callbacks.
 
-`TrainingLoop` runs the epochs of a `DistributedTrainer` (`tf_gru4rec.distributed`: one
+`TrainingLoop` runs the epochs of a `DistributedTrainer` (`tf_gru4rec.training.distributed`: one
 replica, or several under a `tf.distribute` strategy) and calls a `keras.callbacks.CallbackList`
 around them as `fit` does (train begin and end, epoch begin and end, the end of each block as a
 "batch"), so validation ranking (`RankingValidation`), `EarlyStopping`, `TensorBoard`, the
@@ -22,7 +22,7 @@ import time
 
 import keras
 
-from tf_gru4rec.distributed import thread_count
+from tf_gru4rec.training.workers import thread_count
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ import argparse
 import logging
 import os
 
-from tf_gru4rec import cli_types as types
+from tf_gru4rec.cli import types
 
 logger = logging.getLogger("tf_gru4rec")
 
 
 def cmd_export(args) -> int:
-    from tf_gru4rec.cli import _json_out
+    from tf_gru4rec.cli.common import json_out
     from tf_gru4rec.extras import require
 
     if not args.no_warmup:
@@ -29,7 +29,7 @@ def cmd_export(args) -> int:
     from tf_gru4rec.paths import check_model_dir, check_output_dir
     from tf_gru4rec.serving.export import export_model
     from tf_gru4rec.serving.graph.limits import ServingLimits
-    from tf_gru4rec.training import load_model_dir
+    from tf_gru4rec.training.model_dir import load_model_dir
 
     check_model_dir(args.model)
     check_output_dir(args.base, "--base")
@@ -56,7 +56,7 @@ def cmd_export(args) -> int:
     except OSError as error:  # e.g. a base path that is read-only, or a full disk
         logger.error("cannot export to %s: %s", args.base, error)
         return 2
-    _json_out({"export": path, "k": args.k, "exclude_seen": args.exclude_seen})
+    json_out({"export": path, "k": args.k, "exclude_seen": args.exclude_seen})
     return 0
 
 
@@ -87,8 +87,8 @@ def cmd_replay(args) -> int:
     from tf_gru4rec.extras import require
 
     require("replay", "grpc", "tensorflow_serving")
-    from tf_gru4rec.cli import _results_out
-    from tf_gru4rec.cli_types import fail
+    from tf_gru4rec.cli.common import results_out
+    from tf_gru4rec.cli.types import fail
     from tf_gru4rec.paths import check_input_file
     from tf_gru4rec.serving.client import ServingError
     from tf_gru4rec.serving.replay import replay
@@ -105,7 +105,7 @@ def cmd_replay(args) -> int:
     except ServingError as error:
         fail("replay", f"the server at {args.target} failed: {error}")
         return 3
-    _results_out({f"served ({args.target})": result} if not args.json else result, args.json)
+    results_out({f"served ({args.target})": result} if not args.json else result, args.json)
     return 0
 
 
@@ -114,7 +114,7 @@ def _popular(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tf_gru4rec.cli import _add_read_options, add_json_option
+    from tf_gru4rec.cli.common import add_json_option, add_read_options
 
     p = subparsers.add_parser(
         "export", help="write a TF Serving SavedModel version of a trained model")
@@ -191,5 +191,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds to wait for a server that is still starting or loading the "
                         "model, e.g. just started with `serve &` (default: 120; 0: no wait)")
     add_json_option(p)
-    _add_read_options(p)
+    add_read_options(p)
     p.set_defaults(func=cmd_replay)
