@@ -1,4 +1,4 @@
-"""Plants each wiring bug of issues 12, 19 and 21 in a copy of the tracked files and runs
+"""Plants each wiring bug of issues 12, 19, 21 and 22 in a copy of the tracked files and runs
 default tests.
 
     python tools/plant_bugs.py            # ~10 min on 2 cores; prints the failing tests per bug
@@ -26,8 +26,8 @@ PLANTS = {
         "tf_gru4rec/nn/model.py", "return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)",
         "return self.loss_fn(positive, scores, mask)"),
     "train() does not pass sample_alpha": (
-        "tf_gru4rec/training.py", "n_sample=config.n_sample, sample_alpha=config.sample_alpha,",
-        "n_sample=config.n_sample,"),
+        "tf_gru4rec/training/distributed.py",
+        "n_sample=config.n_sample, sample_alpha=config.sample_alpha,", "n_sample=config.n_sample,"),
     "elu dropped (activation)": (
         "tf_gru4rec/nn/model.py", 'if self.final_act == "elu":', "if False:"),
     "elu dropped (bpr-max default)": (
@@ -42,8 +42,8 @@ PLANTS = {
         "tf_gru4rec/training/warm_start.py", "        if old is None:\n            continue",
         "        if True:\n            continue"),
     "warm start drops old weights (CLI)": (
-        "tf_gru4rec/cli.py", "model = grow_model(previous.model, previous.vocabulary, vocabulary)",
-        "model = None"),
+        "tf_gru4rec/cli/train.py",
+        "model = grow_model(previous.model, previous.vocabulary, vocabulary)", "model = None"),
     # Issue 19: the PyTorch port's cell and cross-entropy.
     "cell: reset gate before the recurrent product everywhere": (
         "tf_gru4rec/nn/layers/gru_stack.py",
@@ -55,7 +55,7 @@ PLANTS = {
         "hidden = ops.matmul(state, recurrent) + ops.concatenate(\n"
         "        [recurrent_bias[: 2 * h], 0.0 * recurrent_bias[2 * h :]])"),
     "cell: gru_cell not passed from the config": (
-        "tf_gru4rec/training.py", "gru_cell=config.gru_cell,", ""),
+        "tf_gru4rec/training/build.py", "gru_cell=config.gru_cell,", ""),
     "loss: exact logsumexp instead of the port's softmax + 1e-24": (
         "tf_gru4rec/nn/losses.py", "return ops.log(ops.exp(centred) / total + _TINY)",
         "return centred - ops.log(total)"),
@@ -76,8 +76,15 @@ PLANTS = {
     "warm start: new item rows zeros": (
         "tf_gru4rec/training/warm_start.py", "fresh = weight.numpy()",
         "fresh = np.zeros(weight.shape, weight.dtype)", ["tests/test_warm_start.py"]),
+    # issue 22: the training input's autotuning stalled every epoch's iterator teardown
+    "input: tf.data autotuning back on (fit)": (
+        "tf_gru4rec/data/input_pipeline.py", "options.autotune.enabled = False",
+        "options.autotune.enabled = True", ["tests/test_session_parallel.py"]),
+    "input: tf.data autotuning back on (the loop)": (
+        "tf_gru4rec/data/distributed_input.py", "options.autotune.enabled = False",
+        "options.autotune.enabled = True", ["tests/test_session_parallel.py"]),
     "a Keras optimizer ignores momentum": (
-        "tf_gru4rec/training.py", 'options["momentum"] = config.momentum', "pass",
+        "tf_gru4rec/training/build.py", 'options["momentum"] = config.momentum', "pass",
         ["tests/test_config_wiring.py"]),
 }
 
