@@ -255,6 +255,7 @@ def test_early_stopping_stops_every_worker_and_keeps_the_best_epoch(twenty_items
         _assert_same_weights(tmp_path / "one", tmp_path / "stopped")
 
 
+@pytest.mark.slow  # 16 s; the default run keeps every option at both scales (above)
 def test_two_workers_with_every_option_equal_two_devices_of_one_process(data, whole, tmp_path):
     """The same maths on two paths: 2 worker processes and 2 devices of one process hold the
     same sessions, negatives and dropout seeds per replica, so every option gives the same
