@@ -149,6 +149,7 @@ def test_custom_loop_on_one_device_trains_as_fit(synthetic_log):
                                    atol=2e-5, err_msg=mine.path)
 
 
+@pytest.mark.slow  # 16 s; the matrix runs 2 workers with every option by default
 def test_two_replicas_equal_a_by_hand_replay_of_their_steps(tmp_path):
     """Data parallelism by definition: each step applies the sum of both replicas' gradients
     (loss over the global batch) once; both replicas end identical; dropout masks differ."""

@@ -29,6 +29,10 @@ from tf_gru4rec.training.resume import LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCALES = {"one process": [], "2 workers": ["--workers", "2"]}
+# The 2-worker kill/rerun (27 s) and early stopping (10-13 s at each scale) are `slow`: the
+# default run keeps every option at both scales and the kill/rerun of one process.
+SLOW_AT_TWO_WORKERS = [pytest.param("one process"),
+                       pytest.param("2 workers", marks=pytest.mark.slow)]
 MODEL = ["--preset", "quick", "--set", "layers=16", "--set", "batch_size=16", "--set",
          "n_sample=32", "--set", "dropout_p_hidden=0.2", "--set", "dropout_p_embed=0.1",
          "--set", "steps_per_execution=10", "--seed", "3", "--verbose", "2"]
@@ -188,7 +192,7 @@ def test_every_option_at_every_scale(data, whole, scale, capsys):
         assert len(threads) == 3 and threads[2] - threads[1] < 20, threads
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", SLOW_AT_TWO_WORKERS)
 def test_a_kill_mid_epoch_then_the_rerun_ends_as_the_uninterrupted_run(data, whole, scale,
                                                                        tmp_path):
     """The command of the uninterrupted run, SIGKILLed (the process; on 2 workers, worker 1:
@@ -236,6 +240,7 @@ def twenty_items(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", SCALES)
 def test_early_stopping_stops_every_worker_and_keeps_the_best_epoch(twenty_items, scale,
                                                                     tmp_path):
