@@ -73,13 +73,10 @@ def _child_train(spec: dict) -> dict:
     import numpy as np
 
     from tf_gru4rec.config import load_preset
-    from tf_gru4rec.data.input_pipeline import SessionParallelInput
-    from tf_gru4rec.data.io import read_events
     from tf_gru4rec.data.session_log import SessionLog
     from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
     from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.evaluation import evaluate
-    from tf_gru4rec.training import build_model
 
     config = load_preset(spec["preset"]).with_overrides(spec.get("set", {}))
     if spec.get("synthetic_items"):
@@ -92,17 +89,8 @@ def _child_train(spec: dict) -> dict:
         log = SessionLog.from_events(events, vocabulary)
         test_log = log
     else:
-        events = read_events(os.path.join(spec["data"], TRAIN_FILE))
-        vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-        log = SessionLog.from_events(events, vocabulary)
-        test_log = SessionLog.from_events(read_events(os.path.join(spec["data"], TEST_FILE)),
-                                          vocabulary)
-    keras.utils.set_random_seed(0)
-    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
-                                  sample_alpha=config.sample_alpha,
-                                  steps_per_block=config.steps_per_execution)
-    model = build_model(config, log.n_items, log.item_support())
-    dataset = source.dataset(blocks=True)
+        log, test_log = read_rsc15(spec["data"])
+    source, model, dataset = fit_setup(config, log)
     epoch_seconds = []
 
     class Timer(keras.callbacks.Callback):
@@ -138,6 +126,34 @@ def _child_train(spec: dict) -> dict:
         result["recall@20"] = metrics["recall@20"]
         result["mrr@20"] = metrics["mrr@20"]
     return result
+
+
+def read_rsc15(data: str):
+    """(train log, test log) of the RSC15 sample in `data`, on the training items."""
+    from tf_gru4rec.data.io import read_events
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+
+    events = read_events(os.path.join(data, TRAIN_FILE))
+    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
+    log = SessionLog.from_events(events, vocabulary)
+    test = SessionLog.from_events(read_events(os.path.join(data, TEST_FILE)), vocabulary)
+    return log, test
+
+
+def fit_setup(config, log):
+    """(input, model, dataset of blocks) for Keras `fit` on `log`, seeded as every run."""
+    import keras
+
+    from tf_gru4rec.data.input_pipeline import SessionParallelInput
+    from tf_gru4rec.training import build_model
+
+    keras.utils.set_random_seed(0)
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  sample_alpha=config.sample_alpha,
+                                  steps_per_block=config.steps_per_execution)
+    model = build_model(config, log.n_items, log.item_support())
+    return source, model, source.dataset(blocks=True)
 
 
 def flops_per_training_event(config, n_items: int) -> float:

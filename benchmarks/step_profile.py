@@ -34,7 +34,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
-from run import TRAIN_FILE, machine  # noqa: E402  (no TensorFlow)
+from run import TRAIN_FILE, fit_setup, machine, read_rsc15  # noqa: E402  (no TensorFlow)
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* [\w\-]+\(([^)]*)\)")
 
@@ -121,25 +121,11 @@ def category(name: str, shapes: dict, n_items: int, columns: int, batch: int) ->
 
 
 def profile(config, data: str, isa_info: dict) -> dict:
-    import keras
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from tf_gru4rec.data.input_pipeline import SessionParallelInput
-    from tf_gru4rec.data.io import read_events
-    from tf_gru4rec.data.session_log import SessionLog
-    from tf_gru4rec.data.vocabulary import ItemVocabulary
-    from tf_gru4rec.training import build_model
-
-    events = read_events(os.path.join(data, TRAIN_FILE))
-    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-    log = SessionLog.from_events(events, vocabulary)
-    keras.utils.set_random_seed(0)
-    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
-                                  sample_alpha=config.sample_alpha,
-                                  steps_per_block=config.steps_per_execution)
-    model = build_model(config, log.n_items, log.item_support())
-    dataset = source.dataset(blocks=True)
+    log, _ = read_rsc15(data)
+    source, model, dataset = fit_setup(config, log)
 
     def epoch():
         start = time.perf_counter()
