@@ -44,28 +44,37 @@ def test_sparse_and_dense_updates_match_reference(momentum, jit, path, rng):
         pytest.skip("the unique-rows path has dynamic shapes: not for XLA")
     table = keras.Variable(rng.normal(size=(8, 3)).astype("float32"))
     dense = keras.Variable(rng.normal(size=(2, 3)).astype("float32"))
+    bias = keras.Variable(rng.normal(size=(8,)).astype("float32"))  # a table of rank 1
     opt = AdagradM(learning_rate=0.1, momentum=momentum,
                    dense_row_factor=100.0 if path == "masked-dense" else 0.0,
                    static_shapes=path != "unique-rows")
-    opt.build([table, dense])
+    opt.build([table, dense, bias])
     ref_t, ref_d = table.numpy().astype(np.float64), dense.numpy().astype(np.float64)
-    acc_t, acc_d = np.zeros_like(ref_t), np.zeros_like(ref_d)
-    mom_t, mom_d = np.zeros_like(ref_t), np.zeros_like(ref_d)
+    ref_b = bias.numpy().astype(np.float64)
+    acc_t, acc_d, acc_b = np.zeros_like(ref_t), np.zeros_like(ref_d), np.zeros_like(ref_b)
+    mom_t, mom_d, mom_b = np.zeros_like(ref_t), np.zeros_like(ref_d), np.zeros_like(ref_b)
 
     @tf.function(jit_compile=jit)
-    def apply(rows, values, dense_grad):
-        opt.apply([tf.IndexedSlices(values, rows), dense_grad], [table, dense])
+    def apply(rows, values, dense_grad, bias_values):
+        opt.apply([tf.IndexedSlices(values, rows), dense_grad,
+                   tf.IndexedSlices(bias_values, rows)], [table, dense, bias])
 
     for _ in range(4):
         rows = rng.integers(0, 8, size=6)  # with duplicates
         values = rng.normal(size=(6, 3)).astype("float32")
+        values[rows == rows[0]] = 0.0  # a touched row whose gradient is zero: momentum moves
+        bias_values = rng.normal(size=6).astype("float32")
         dense_grad = rng.normal(size=(2, 3)).astype("float32")
-        apply(tf.constant(rows), tf.constant(values), tf.constant(dense_grad))
+        apply(tf.constant(rows), tf.constant(values), tf.constant(dense_grad),
+              tf.constant(bias_values))
         reference_step(ref_t, acc_t, mom_t, rows, values.astype(np.float64), 0.1, momentum)
+        reference_step(ref_b, acc_b, mom_b, rows, bias_values.astype(np.float64), 0.1,
+                       momentum)
         reference_step(ref_d, acc_d, mom_d, range(2), dense_grad.astype(np.float64), 0.1,
                        momentum)
     np.testing.assert_allclose(table.numpy(), ref_t, atol=1e-5)
     np.testing.assert_allclose(dense.numpy(), ref_d, atol=1e-5)
+    np.testing.assert_allclose(bias.numpy(), ref_b, atol=1e-5)
 
 
 def test_rejects_bad_hyperparameters_and_round_trips_config():
