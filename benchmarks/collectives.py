@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -121,16 +120,6 @@ def worker(args) -> None:
     print(json.dumps(result), flush=True)
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,12 +136,11 @@ def main() -> None:
     from run import machine  # noqa: E402  (benchmarks/run.py)
 
     step = fit_step_us(args.preset, args.items)
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    from tf_gru4rec.training.workers import local_cluster
+
     processes = []
-    for index in range(2):
-        env = {**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for tf_config in local_cluster(2):
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": json.dumps(tf_config)}
         processes.append(subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", "--preset", args.preset,
              "--items", str(args.items), "--repeats", str(args.repeats)],
