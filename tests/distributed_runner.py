@@ -4,6 +4,7 @@ they run in a process of their own (used by test_distributed.py). Prints one JSO
   python distributed_runner.py adagradm         AdagradM under MirroredStrategy vs. one device
   python distributed_runner.py reference DIR    2 replicas vs. a by-hand replay of their steps
   python distributed_runner.py cli ARGS...      `tf-gru4rec ARGS` with two local devices
+  python distributed_runner.py block-on-devices sync="block" on two devices: its error
 """
 
 import json
@@ -149,6 +150,27 @@ def _add(a, b):
     return a + b
 
 
+def block_on_devices() -> dict:
+    """sync="block" under a MirroredStrategy of two devices: the error it raises."""
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.data.distributed_input import TrainingSource
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.training.distributed import DistributedTrainer
+
+    events = generate_sessions(SyntheticConfig(n_items=50, n_sessions=60, seed=5))
+    log = SessionLog.from_events(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()))
+    config = TrainConfig().with_overrides({"batch_size": "8", "n_sample": "8", "layers": "8",
+                                           "sync": "block"})
+    try:
+        DistributedTrainer(config, TrainingSource(log=log),
+                           tf.distribute.MirroredStrategy(DEVICES))
+    except ValueError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
 def cli(argv: list[str]) -> dict:
     from tf_gru4rec.cli import main
 
@@ -158,5 +180,6 @@ def cli(argv: list[str]) -> dict:
 if __name__ == "__main__":
     scenario, args = sys.argv[1], sys.argv[2:]
     result = {"adagradm": lambda: adagradm(), "reference": lambda: reference(*args),
-              "cli": lambda: cli(args)}[scenario]()
+              "cli": lambda: cli(args),
+              "block-on-devices": block_on_devices}[scenario]()
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")

@@ -30,6 +30,9 @@ QUICK = ["--preset", "quick", "--set", "n_epochs=2", "--set", "layers=24",
          "--set", "batch_size=16", "--set", "n_sample=32", "--set", "dropout_p_hidden=0.2"]
 
 
+AVERAGING_RUNNER = os.path.join(os.path.dirname(__file__), "averaging_runner.py")
+
+
 def _run(args, timeout=300, env=None) -> subprocess.CompletedProcess:
     full = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
     full.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
@@ -159,6 +162,40 @@ def test_two_replicas_equal_a_by_hand_replay_of_their_steps(tmp_path):
     assert max(result["diffs"].values()) < 1e-4, result["diffs"]
     assert len(set(result["digests"])) == 1
     assert result["masks_differ"]
+
+
+def test_block_sync_on_two_workers_equals_a_by_hand_replay_of_local_sgd():
+    """sync="block" by definition, on 2 real worker processes: each replica trains its blocks
+    as one replica of B / 2 slots (fit's program), then both take the steps-weighted mean of
+    their weights and optimizer state; every replica ends identical, the loss and steps
+    reported are both replicas'."""
+    from tf_gru4rec.training.workers import local_cluster
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    processes = [subprocess.Popen(
+        [sys.executable, AVERAGING_RUNNER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)})
+        for tf_config in local_cluster(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    results = []
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        assert process.returncode == 0 and lines, err[-3000:]
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+    chief = results[0]
+    assert chief["digests"] == results[1]["digests"] and len(set(chief["digests"])) == 1
+    assert chief["moved"] > 0.05  # training moved the weights
+    assert chief["drift"] > 1e-3  # the replicas differed before each average: it matters
+    assert max(chief["diffs"].values()) < 1e-5, chief["diffs"]
+    assert chief["steps"] == chief["replay_steps"]
+    np.testing.assert_allclose(chief["loss"], chief["replay_loss"], rtol=1e-5)
+
+
+def test_block_sync_needs_one_device_per_worker():
+    """Two devices of one process (--mirrored) would need a model copy per device."""
+    result = _runner("block-on-devices")
+    assert "sync='block' keeps one model copy per process" in result["error"]
+    assert "--workers N" in result["error"]
 
 
 def test_adagradm_under_mirrored_equals_summed_gradients_with_per_replica_scratch():

@@ -28,11 +28,17 @@ from tf_gru4rec.training import load_model_dir
 from tf_gru4rec.training.resume import LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCALES = {"one process": [], "2 workers": ["--workers", "2"]}
-# The 2-worker kill/rerun (27 s) and early stopping (10-13 s at each scale) are `slow`: the
-# default run keeps every option at both scales and the kill/rerun of one process.
+BLOCK = "2 workers, sync block"
+SCALES = {"one process": [], "2 workers": ["--workers", "2"],
+          BLOCK: ["--workers", "2", "--sync", "block"]}
+# The 2-worker kill/rerun (27 s), early stopping (10-13 s at each scale) and every test of
+# `--sync block` are `slow`: the default run keeps every option at one process and 2 workers
+# and the kill/rerun of one process (tests/test_distributed.py checks block sync's maths).
+EVERY_OPTION_SCALES = [pytest.param("one process"), pytest.param("2 workers"),
+                       pytest.param(BLOCK, marks=pytest.mark.slow)]
 SLOW_AT_TWO_WORKERS = [pytest.param("one process"),
-                       pytest.param("2 workers", marks=pytest.mark.slow)]
+                       pytest.param("2 workers", marks=pytest.mark.slow),
+                       pytest.param(BLOCK, marks=pytest.mark.slow)]
 MODEL = ["--preset", "quick", "--set", "layers=16", "--set", "batch_size=16", "--set",
          "n_sample=32", "--set", "dropout_p_hidden=0.2", "--set", "dropout_p_embed=0.1",
          "--set", "steps_per_execution=10", "--seed", "3", "--verbose", "2"]
@@ -107,7 +113,7 @@ def _kill_mid_epoch(args, scale, backup) -> tuple[dict, str]:
             time.sleep(0.02)
         else:
             pytest.fail("no mid-epoch backup was written")
-        if scale == "2 workers":
+        if scale != "one process":
             log.seek(0)
             found = re.search(r"started 2 workers on 127.0.0.1 \(pids (\d+), (\d+)\)",
                               log.read())
@@ -151,7 +157,7 @@ def whole(data, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", EVERY_OPTION_SCALES)
 def test_every_option_at_every_scale(data, whole, scale, capsys):
     """Validation each epoch in the logs, JSON lines and TensorBoard; the backup removed at the
     end; the warm start's vocabulary; the loop's count of events; the model directory
@@ -178,8 +184,9 @@ def test_every_option_at_every_scale(data, whole, scale, capsys):
                  data[1], "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recall@20"] == pytest.approx(
         metrics["recall@20"])
-    if scale == "2 workers":
+    if scale != "one process":
         assert metrics["workers"] == 2 and metrics["replicas"] == 2
+        assert metrics["sync"] == ("block" if scale == BLOCK else "step")
         digests = metrics["replica_weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
@@ -203,7 +210,7 @@ def test_a_kill_mid_epoch_then_the_rerun_ends_as_the_uninterrupted_run(data, who
     args = _every_option(data, tmp_path, "killed")
     meta, stderr = _kill_mid_epoch(args, scale, str(tmp_path / "killed-backup"))
     assert not (tmp_path / "killed").exists()
-    if scale == "2 workers":
+    if scale != "one process":
         assert "worker 1 exited with code -9; stopping the other workers" in stderr
     done_before = len(_lines(tmp_path / "killed.jsonl"))
     assert done_before == meta["epoch"]
@@ -252,7 +259,7 @@ def test_early_stopping_stops_every_worker_and_keeps_the_best_epoch(twenty_items
     metrics = json.loads(stopped.stdout)
     assert metrics["train_epochs"] == 2 and len(metrics["steps_per_epoch"]) == 2
     assert [r["val_recall@20"] for r in _lines(tmp_path / "log.jsonl")] == [1.0, 1.0]
-    if scale == "2 workers":  # both workers stopped there (else the run would hang)
+    if scale != "one process":  # both workers stopped there (else the run would hang)
         assert len(set(metrics["replica_weight_digests"])) == 1
     else:  # the best epoch's weights: those after epoch 1, as a run of one epoch ends
         assert main(["-v", "WARNING", "train", *common, "--set", "n_epochs=1", "--out",

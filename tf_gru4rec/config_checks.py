@@ -70,6 +70,7 @@ CHECKS = {
     "shuffle_sessions": (lambda v: isinstance(v, bool), "true or false"),
     "jit_compile": (lambda v: isinstance(v, bool), "true or false"),
     "steps_per_execution": _integer(1),
+    "sync": _one_of(("step", "block")),
     "seed": _integer(0),
     "eval_batch_size": _integer(0),
     "cutoffs": (_sizes, "cutoffs >= 1, e.g. 1,5,10,20"),

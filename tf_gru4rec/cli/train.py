@@ -65,6 +65,12 @@ def register(sub) -> None:
                             "each machine instead and run the same command")
     group.add_argument("--mirrored", action="store_true",
                        help="train on all of this host's devices (MirroredStrategy)")
+    group.add_argument("--sync", choices=("step", "block"),
+                       help="with several workers: 'step' (default) sums their gradients at "
+                            "every step, the maths of one process; 'block' lets each worker "
+                            "train a block of steps_per_execution steps on its own, then "
+                            "averages their models (local SGD: one exchange per block, "
+                            "README: More than one machine); same as --set sync=...")
     add_read_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -139,6 +145,8 @@ def cmd_train(args) -> int:
     values = overrides(args.set)
     if args.seed is not None:
         values["seed"] = str(args.seed)
+    if args.sync is not None:
+        values["sync"] = args.sync
     config = train_config(args, values)
     cluster = cluster_from_env()
     check_options(args, config, cluster)
@@ -185,6 +193,8 @@ def cmd_train(args) -> int:
             return 1
         metrics.update({"workers": cluster[0] if cluster else 1,
                         "replicas": result.trainer.n_replicas,
+                        # how the replicas synchronised (as run, not as asked)
+                        "sync": "block" if result.trainer.averaging is not None else "step",
                         "replica_weight_digests": digests})
         if not chief:
             logger.info("worker %d done (weights %s…); the chief writes --out", cluster[1],

@@ -23,7 +23,10 @@ after it, then a loop in cross-replica context runs one `strategy.run` per step 
 forward and backward pass is one XLA program; collectives cannot run inside XLA on CPU). At the
 end of the block the replicas' GRU states are gathered into the model's `train_states` [B, H]
 (replica r's slots are rows r B/R ... (r + 1) B/R), so a backup taken there holds the whole
-state. """
+state. This is `sync="step"`, the default; with `sync="block"` (one replica per worker) each
+worker instead trains whole blocks as one replica does and the workers average their models
+after each block (`tf_gru4rec.training.averaging`).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
+from tf_gru4rec.training.averaging import BlockAveraging
 from tf_gru4rec.training.workers import thread_count  # noqa: F401  (its former home)
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,21 @@ def _copy_model(model, config: TrainConfig):
     return copy
 
 
+def run_model(config: TrainConfig, source: TrainingSource, model=None, copy: bool = False):
+    """The run's compiled model, in the current strategy scope: a new one (`model` None),
+    `model` itself (compiled if it is not, its optimizer state kept), or with `copy` a model of
+    its architecture holding its weights, with a new optimizer."""
+    from tf_gru4rec.training.build import build_model, compile_model
+
+    if model is None:
+        return build_model(config, source.n_items, source.item_support())
+    if not copy:
+        return model if model.optimizer is not None else compile_model(model, config)
+    model = _copy_model(model, config)
+    model.set_item_support(source.item_support())
+    return compile_model(model, config)
+
+
 class DistributedTrainer:
     """Builds the model under `strategy` and trains it on `source`, block by block (module
     docstring); `tf_gru4rec.training.loop.TrainingLoop` runs the epochs and the callbacks.
@@ -103,32 +122,26 @@ class DistributedTrainer:
 
     def __init__(self, config: TrainConfig, source: TrainingSource,
                  strategy: tf.distribute.Strategy | None = None, model=None):
-        from tf_gru4rec.training.build import build_model, compile_model
-
         self.config = config
         self.source = source
         if strategy is None or strategy.num_replicas_in_sync == 1:
             strategy = tf.distribute.get_strategy()
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
-        with strategy.scope():
-            if model is None:
-                self.model = build_model(config, source.n_items, source.item_support())
-            elif self.n_replicas == 1:  # continued as it is, optimizer state included
-                self.model = model if model.optimizer is not None else compile_model(model,
-                                                                                     config)
-            else:
-                self.model = _copy_model(model, config)
-                self.model.set_item_support(source.item_support())
-                compile_model(self.model, config)
-            optimizer = self.model.optimizer
-            if self.n_replicas > 1 and hasattr(optimizer, "static_shapes"):
-                optimizer.static_shapes = False  # no XLA here: `tf.unique` row sums
-            optimizer.build(self.model.trainable_variables)
+        self.averaging = None
+        if self.n_replicas > 1 and config.sync == "block":  # one model per worker, no scope
+            self.model = run_model(config, source, model, copy=model is not None)
+            self.model.optimizer.build(self.model.trainable_variables)
+            self.averaging = BlockAveraging(strategy, self.model, config, source.item_support())
+        else:
+            with strategy.scope():
+                self.model = run_model(config, source, model, copy=self.n_replicas > 1)
+                if self.n_replicas > 1 and hasattr(self.model.optimizer, "static_shapes"):
+                    self.model.optimizer.static_shapes = False  # no XLA: `tf.unique` row sums
+                self.model.optimizer.build(self.model.trainable_variables)
         self._stream_cache: dict[tuple[int, ...], list[ReplicaStream]] = {}
         self._steps_cache: dict[int, int | None] = {}
-        self._states = None
-        if self.n_replicas > 1:
+        if self.n_replicas > 1 and self.averaging is None:
             self._run_block = tf.function(self._block_on_replicas)
             # One step's forward and backward pass as one XLA program (no collective inside).
             self._forward_backward = tf.function(self.model.forward_backward,
@@ -225,6 +238,10 @@ class DistributedTrainer:
     def train_epoch(self, epoch: int, skip_blocks: int = 0):
         """Trains epoch `epoch` from block `skip_blocks` on; yields (steps, loss sum, events)
         of each block once it is trained (events: of all replicas together)."""
+        if self.averaging is not None:  # sync="block": this worker's own stream
+            stream = self._streams((self.averaging.replica,))[0]
+            yield from self.averaging.train_epoch(stream.dataset(epoch, skip_blocks))
+            return
         iterator = iter(self._dataset(epoch, skip_blocks))
         if self.n_replicas > 1:
             states = self._initial_states()

@@ -1,0 +1,95 @@
+"""One worker of a 2-worker cluster (TF_CONFIG set by test_distributed.py) training with
+sync="block"; the chief then replays both replicas by hand. Prints one JSON object.
+
+  TF_CONFIG=... python averaging_runner.py
+
+The replay: two plain models of B / 2 slots each train their replica's blocks with
+`train_block` (fit's program); after every block their weights and optimizer accumulators and
+momentums are replaced by the mean of both, weighted by the real steps each ran.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def main() -> dict:
+    from tf_gru4rec.training.distributed import make_strategy
+
+    strategy = make_strategy("multi-worker")  # before any other TensorFlow op
+    import keras
+
+    from tf_gru4rec.config import TrainConfig
+    from tf_gru4rec.data.distributed_input import TrainingSource
+    from tf_gru4rec.data.session_log import SessionLog
+    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
+    from tf_gru4rec.data.vocabulary import ItemVocabulary
+    from tf_gru4rec.training import build_model
+    from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
+
+    events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=250, seed=5))
+    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
+    log = SessionLog.from_events(events, vocabulary)
+    config = TrainConfig().with_overrides({
+        "batch_size": "8", "n_sample": "16", "layers": "12", "n_epochs": "2",
+        "steps_per_execution": "7", "loss": "bpr-max", "bpreg": "0.5", "momentum": "0.3",
+        "embedding": "0", "constrained_embedding": "true", "sync": "block"})
+    keras.utils.set_random_seed(config.seed)
+    source = TrainingSource(log=log)
+    trainer = DistributedTrainer(config, source, strategy)
+    initial = [np.asarray(v.value) for v in trainer.model.trainable_variables]
+    history = trainer.fit()
+    digests = trainer.gathered_digests()
+    if strategy.cluster_resolver.task_id != 0:
+        return {"digests": digests}
+
+    replicas = [build_model(config.replace(batch_size=4), log.n_items, log.item_support())
+                for _ in range(2)]
+    for model in replicas:
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.trainable_variables, initial, strict=True):
+            variable.assign(value)
+
+    def averaged(model):
+        state = [v for v in model.optimizer.variables
+                 if v.name.endswith("_accumulator") or v.name.endswith("_momentum")]
+        return list(model.trainable_variables) + state
+
+    streams = replica_streams(source, config, [0, 1], 2)
+    losses, steps, drift = [], [], 0.0
+    for epoch in range(config.n_epochs):
+        iterators = [iter(stream.dataset(epoch)) for stream in streams]
+        loss_sum = n_events = n_steps = 0.0
+        while True:
+            blocks = [next(it) for it in iterators]
+            weights = [int(b["n_real"]) for b in blocks]
+            for model, block in zip(replicas, blocks, strict=True):
+                totals = np.asarray(model.train_block(block, block["n_real"]))
+                loss_sum, n_events = loss_sum + totals[0], n_events + totals[1]
+            n_steps += max(weights)
+            for pair in zip(*(averaged(m) for m in replicas), strict=True):
+                values = [np.asarray(v.value, np.float64) for v in pair]
+                drift = max(drift, float(np.max(np.abs(values[0] - values[1]))))
+                if sum(weights):
+                    mean = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+                    for variable in pair:
+                        variable.assign(mean.astype(np.float32))
+            if not any(bool(b["more"]) for b in blocks):
+                break
+        losses.append(float(loss_sum / n_events))
+        steps.append(int(n_steps))
+    diffs = {v.path: float(np.max(np.abs(np.asarray(v.value) - np.asarray(w.value))))
+             for v, w in zip(averaged(trainer.model), averaged(replicas[0]), strict=True)}
+    return {"digests": digests, "diffs": diffs, "drift": drift,
+            "moved": float(np.max(np.abs(np.asarray(replicas[0].trainable_variables[0].value)
+                                         - initial[0]))),
+            "loss": history["loss"], "replay_loss": losses,
+            "steps": history["steps"], "replay_steps": steps}
+
+
+if __name__ == "__main__":
+    sys.stdout.write("RESULT " + json.dumps(main()) + "\n")

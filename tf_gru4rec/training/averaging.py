@@ -1,0 +1,161 @@
+"""Block-synchronised training across workers (`sync="block"`, local SGD with model averaging).
+
+With `sync="step"` (the default) the replicas sum their gradients at every step: the maths of
+one process holding all B slots, but one exchange per step, which on CPU hosts costs more than
+the step itself (BENCHMARKS.md: "Synchronisation alone costs more than `fit`'s whole step").
+With `sync="block"` each worker trains a block of `steps_per_execution` steps on its own B / R
+slots with `fit`'s program (`GRU4Rec.train_block`: with XLA the whole block, forward, backward
+and optimizer update, is one compiled program) on a model of its own, then the workers average
+their weights and optimizer state in one all-reduce, each weighted by the real steps it ran in
+the block (a worker whose sessions have run out contributes nothing). One block of one step
+with plain SGD is exactly the step-synchronised update; longer blocks are local SGD (the
+replicas drift apart within a block), with its own accuracy (BENCHMARKS.md).
+
+The run's model (`BlockAveraging.model`, B slots: what the callbacks, the backups and the export
+see) holds the averaged weights and optimizer state after every block and the replicas' GRU
+states side by side (replica r's slots are rows r B/R ... (r + 1) B/R), as under `sync="step"`,
+so backups, resume, validation and early stopping work unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_gru4rec.config import TrainConfig
+
+SEED_STRIDE = 7919  # replica r's dropout seed: the run model's, plus r * SEED_STRIDE
+BLOCK_DRAWS = 1 << 20  # the run model's dropout counter advances this much per block
+
+
+class BlockAveraging:
+    """The per-worker model and the block exchange of `sync="block"` (module docstring).
+
+    Args:
+      strategy: a `MultiWorkerMirroredStrategy` with one replica per worker (the collectives).
+      model: the run's built and compiled GRU4Rec (B slots), created outside the strategy.
+      config: the run's settings.
+      item_support: [n_items] the training items' support (the local model's logQ term).
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model, config: TrainConfig,
+                 item_support: np.ndarray):
+        from tf_gru4rec.nn.model import GRU4Rec
+        from tf_gru4rec.training.build import compile_model
+
+        if len(strategy.extended.worker_devices) != 1:
+            raise ValueError(
+                f"sync='block' keeps one model copy per process, but this strategy has "
+                f"{len(strategy.extended.worker_devices)} replicas in one process (--mirrored "
+                "on several devices); expected one device per worker: use --workers N or "
+                "TF_CONFIG, or sync='step'")
+        self.strategy, self.model, self.config = strategy, model, config
+        self.n_replicas = strategy.num_replicas_in_sync
+        self.replica = int(strategy.experimental_local_results(tf.function(
+            lambda: strategy.run(
+                lambda: tf.distribute.get_replica_context().replica_id_in_sync_group))())[0])
+        self.local_slots = config.batch_size // self.n_replicas
+        self.local = GRU4Rec.from_config({**model.get_config(), "batch_size": self.local_slots})
+        self.local.build()
+        self.local.set_item_support(item_support)
+        compile_model(self.local, config)
+        self.local.optimizer.build(self.local.trainable_variables)
+        self.pairs = list(zip(averaged_variables(self.local), averaged_variables(model),
+                              strict=True))
+        for mine, theirs in self.pairs:
+            if tuple(mine.shape) != tuple(theirs.shape):
+                raise ValueError(f"{mine.path}: shape {tuple(mine.shape)} against the run "
+                                 f"model's {tuple(theirs.shape)}")
+        # Dropout: replica r draws the masks of seed state (the run model's) + [r stride, 0];
+        # the run model's counter moves BLOCK_DRAWS per block, so a resumed run draws alike.
+        self.seeds = list(zip(seed_states(self.local), seed_states(model), strict=True))
+        self._exchange = tf.function(self._exchange_block)
+
+    def start_epoch(self) -> None:
+        """The local model from the run's model: weights, optimizer state, this replica's
+        slots of the GRU states (zeros, or a restored backup's)."""
+        for mine, theirs in self.pairs:
+            mine.assign(theirs.value)
+        self.local.optimizer.iterations.assign(self.model.optimizer.iterations.value)
+        rows = slice(self.replica * self.local_slots, (self.replica + 1) * self.local_slots)
+        for mine, theirs in zip(self.local.train_states, self.model.train_states, strict=True):
+            mine.assign(np.asarray(theirs.value)[rows])
+        self._replica_seeds()
+
+    def _replica_seeds(self) -> None:
+        for mine, theirs in self.seeds:
+            offset = tf.constant([SEED_STRIDE * self.replica, 0], theirs.dtype)
+            mine.assign(theirs.value + offset)
+
+    def train_epoch(self, dataset):
+        """Trains this worker's blocks of an epoch (`dataset`: its stream's, from the first
+        block to train); yields (steps, loss sum, events) of each block once averaged (the most
+        real steps on any replica; loss and events of all replicas together)."""
+        self.start_epoch()
+        iterator = iter(dataset)
+        more = True
+        while more:
+            totals, n_steps, more = self.train_block(next(iterator))
+            yield n_steps, float(totals[0]), float(totals[1])
+
+    def train_block(self, block: dict) -> tuple[np.ndarray, int, bool]:
+        """Trains this worker's block, then averages with the others: (loss sum and events
+        [2] of all replicas, the most real steps on any replica, whether any has more)."""
+        totals = self.local.train_block(block, block["n_real"])
+        totals, extent = self._exchange(block["n_real"], block["more"], totals)
+        extent = np.asarray(extent)
+        return np.asarray(totals), int(extent[0]), bool(extent[1])
+
+    def _exchange_block(self, n_real, more, totals):
+        """One all-reduce of [steps-weighted values, steps, totals], one all-gather of the
+        GRU states and of (steps, more); the results assigned to both models."""
+        values = [tf.reshape(mine.value, [-1]) for mine, _ in self.pairs]
+        states = tf.concat([s.value for s in self.local.train_states], axis=1)
+
+        def exchange(*args):
+            # On the replica's device (a collective takes its destination from its input).
+            flat, states, n_real, more, totals = (tf.identity(a) for a in args)
+            context = tf.distribute.get_replica_context()
+            weight = tf.cast(n_real, tf.float32)
+            summed = context.all_reduce("sum", tf.concat([flat * weight, [weight], totals], 0))
+            extent = context.all_gather(tf.stack([n_real, tf.cast(more, tf.int32)])[None], 0)
+            return summed, context.all_gather(states, axis=0), tf.reduce_max(extent, axis=0)
+
+        flat = tf.concat(values, 0)
+        results = self.strategy.run(exchange, args=(flat, states, n_real, more, totals))
+        summed, gathered, extent = (self.strategy.experimental_local_results(r)[0]
+                                    for r in results)
+        size = tf.shape(flat)[0]
+        weight = summed[size]
+        # No replica ran a step (all had run out): every copy still holds the last average.
+        mean = tf.where(weight > 0, summed[:size] / tf.maximum(weight, 1.0), flat)
+        sizes = [int(np.prod(mine.shape)) for mine, _ in self.pairs]
+        for (mine, theirs), value in zip(self.pairs, tf.split(mean, sizes), strict=True):
+            value = tf.reshape(value, mine.shape)
+            mine.assign(value)
+            theirs.assign(value)
+        for variable, value in zip(self.model.train_states,
+                                   tf.split(gathered, self.model.layer_sizes, axis=1),
+                                   strict=True):
+            variable.assign(value)
+        iterations = self.model.optimizer.iterations
+        iterations.assign_add(tf.cast(extent[0], iterations.dtype))
+        self.local.optimizer.iterations.assign(iterations)
+        for _, theirs in self.seeds:
+            theirs.assign_add(tf.constant([0, BLOCK_DRAWS], theirs.dtype))
+        self._replica_seeds()
+        return summed[size + 1:], extent
+
+
+def averaged_variables(model) -> list:
+    """The variables that the replicas average: the trainable weights, then the optimizer's
+    float state (accumulators, momentums...; not its step counter and learning rate)."""
+    state = [v for v in model.optimizer.variables
+             if v.name not in ("iteration", "iterations", "learning_rate")
+             and "float" in str(v.dtype)]
+    return list(model.trainable_variables) + state
+
+
+def seed_states(model) -> list:
+    """The model's dropout seed-generator states (int [2] each), in layer order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
