@@ -314,3 +314,18 @@ def test_cluster_from_env(text, expected):
 def test_cluster_from_env_names_the_problem(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         cluster_from_env({"TF_CONFIG": text})
+
+
+def test_local_workers_share_the_cores_unless_told_otherwise(monkeypatch):
+    """Each of n local workers gets cores / n intra-op threads (at least 1) and its TF_CONFIG;
+    a TF_NUM_INTRAOP_THREADS the user set is kept."""
+    from tf_gru4rec.training.workers import local_cluster, worker_environment
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    config = local_cluster(2)[1]
+    env = worker_environment(config, 2, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "TF_CONFIG": json.dumps(config),
+                   "TF_NUM_INTRAOP_THREADS": "4"}
+    assert worker_environment(config, 16, {})["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker_environment(config, 2, {"TF_NUM_INTRAOP_THREADS": "3"})[
+        "TF_NUM_INTRAOP_THREADS"] == "3"

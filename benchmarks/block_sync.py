@@ -1,0 +1,167 @@
+"""`--sync block` (local SGD) against one process: accuracy on real logs, and speed per worker.
+
+    PYTHONPATH=. python benchmarks/block_sync.py [--datasets rsc15 trivago bundled] \
+        [--seeds 0 1 2] [--out benchmarks/results/block_sync.json]
+
+For every dataset and seed, `tf-gru4rec train` (as a user runs it, each run a fresh process,
+the runs of one seed one after another) in these settings, same preset, files and seed:
+  - "1 process":          one process, B slots (the training loop's one-replica path: the
+                          program Keras `fit` runs);
+  - "2 workers, step":    `--workers 2`, B slots in all (B / 2 per worker), gradients summed
+                          at every step (one process's maths); with --with-step only (it runs
+                          at ~0.1x: BENCHMARKS.md);
+  - "2 workers, block":   `--workers 2 --sync block`, B slots in all: each worker trains
+                          blocks of steps_per_execution steps on its B / 2 slots, then the two
+                          average their models;
+  - "2 workers, block, B each": the same with 2 B slots in all, B per worker, so each worker
+                          runs exactly `fit`'s program of one process; also with
+                          steps_per_execution 200 (one average per 200 steps).
+Reported: Recall@20 and MRR@20 on the test file, training events/s (all workers together, as
+the chief reports it: training time, tracing and the first epoch included), and per worker
+against the one process of the same seed.
+
+Datasets (from --shared-data, default ../shared/data, prepared as benchmarks/parity.py does):
+rsc15 (rsc15-xe, 10 epochs), trivago (rsc15-xe with n_sample=512, 3 epochs); bundled: the
+generated default log (rsc15-xe, 4 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+from parity import dataset_files  # noqa: E402  (benchmarks/parity.py)
+from run import machine  # noqa: E402  (benchmarks/run.py; imports no TensorFlow)
+
+from tf_gru4rec.config import load_preset  # noqa: E402  (no TensorFlow)
+
+RESULTS = os.path.join(HERE, "results", "block_sync.json")
+DATASETS = {"rsc15": ("rsc15-xe", {}, 10), "trivago": ("rsc15-xe", {"n_sample": "512"}, 3),
+            "bundled": ("rsc15-xe", {}, 4)}
+
+
+def settings(batch_size: int, with_step: bool) -> list[tuple[str, list[str]]]:
+    """(label, extra `train` arguments) of each setting."""
+    block = ["--workers", "2", "--sync", "block"]
+    runs = [("1 process", [])]
+    if with_step:
+        runs.append(("2 workers, step", ["--workers", "2"]))
+    return runs + [
+        ("2 workers, block", block),
+        ("2 workers, block, B each", [*block, "--set", f"batch_size={2 * batch_size}"]),
+        ("2 workers, block, B each, 200 steps", [*block, "--set", f"batch_size={2 * batch_size}",
+                                                 "--set", "steps_per_execution=200"]),
+    ]
+
+
+def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, seed: int,
+              extra: list[str]) -> dict:
+    """`tf-gru4rec train` in a fresh process; the fields of its metrics.json used here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", "WARNING", "train", "--train",
+               train, "--test", test, "--out", os.path.join(tmp, "model"), "--preset", preset,
+               "--seed", str(seed), "--verbose", "0", "--set", f"n_epochs={epochs}"]
+        for key, value in overrides.items():
+            cmd += ["--set", f"{key}={value}"]
+        start = time.perf_counter()
+        done = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": REPO})
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd + extra)}:\n{done.stderr[-3000:]}")
+        with open(os.path.join(tmp, "model", "metrics.json")) as f:
+            metrics = json.load(f)
+    return {key: metrics.get(key) for key in (
+        "recall@20", "mrr@20", "train_events_per_second", "train_seconds", "replicas", "sync",
+        "steps_per_epoch")} | {"wall_seconds": time.perf_counter() - start}
+
+
+def bundled_files(work: str) -> tuple[str, str]:
+    out = os.path.join(work, "bundled")
+    if not os.path.exists(os.path.join(out, "train.tsv")):
+        subprocess.run([sys.executable, "-m", "tf_gru4rec.cli", "-v", "WARNING", "generate",
+                        "--out", out], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    return os.path.join(out, "train.tsv"), os.path.join(out, "test.tsv")
+
+
+def table(records: list[dict]) -> str:
+    """Markdown: one row per dataset and setting, the seeds' medians and each seed's values."""
+    lines = ["| dataset | setting | Recall@20 | MRR@20 | events/s (all) | per worker x 1 process "
+             "| seeds |", "|---|---|---|---|---|---|---|"]
+    keys = []
+    for r in records:
+        if (r["dataset"], r["setting"]) not in keys:
+            keys.append((r["dataset"], r["setting"]))
+    for dataset, setting in keys:
+        rows = [r for r in records if r["dataset"] == dataset and r["setting"] == setting]
+        recall = statistics.median(r["recall@20"] for r in rows)
+        mrr = statistics.median(r["mrr@20"] for r in rows)
+        speed = statistics.median(r["train_events_per_second"] for r in rows)
+        ratio = statistics.median(r["per_worker_vs_one_process"] for r in rows)
+        seeds = "; ".join(f"{r['seed']}: {r['recall@20']:.4f}/{r['mrr@20']:.4f}, "
+                          f"{r['per_worker_vs_one_process']:.2f}x" for r in rows)
+        lines.append(f"| {dataset} | {setting} | {recall:.4f} | {mrr:.4f} | {speed:,.0f} | "
+                     f"{ratio:.2f} | {seeds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared-data", default=os.path.join(REPO, "..", "shared", "data"))
+    parser.add_argument("--datasets", nargs="+", default=["rsc15", "trivago", "bundled"],
+                        choices=sorted(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--with-step", action="store_true",
+                        help="also run `--workers 2` with sync=step (slow: ~0.1x)")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
+                                                       "tf_gru4rec_parity"))
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args()
+    records = []
+    for dataset in args.datasets:
+        preset, overrides, epochs = DATASETS[dataset]
+        if dataset == "bundled":
+            train, test = bundled_files(args.work)
+        else:
+            train, test = dataset_files(dataset, args.shared_data, args.work)
+            if not os.path.exists(train):
+                print(f"{dataset}: {train} not found; skipped", file=sys.stderr)
+                continue
+        batch_size = load_preset(preset).with_overrides(overrides).batch_size
+        for seed in args.seeds:
+            base = None
+            for label, extra in settings(batch_size, args.with_step):
+                row = run_train(train, test, preset, overrides, epochs, seed, extra)
+                base = base or row
+                per_worker = row["train_events_per_second"] / (row["replicas"] or 1)
+                row.update(dataset=dataset, setting=label, seed=seed, preset=preset,
+                           overrides=overrides, epochs=epochs, args=extra,
+                           per_worker_vs_one_process=per_worker
+                           / base["train_events_per_second"])
+                records.append(row)
+                print(f"{dataset} seed {seed} {label}: {row['recall@20']:.4f} / "
+                      f"{row['mrr@20']:.4f}, {row['train_events_per_second']:,.0f} events/s "
+                      f"({row['per_worker_vs_one_process']:.2f}x per worker)", file=sys.stderr,
+                      flush=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "command": "PYTHONPATH=. python benchmarks/block_sync.py " + " ".join(sys.argv[1:]),
+              "records": records}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()
