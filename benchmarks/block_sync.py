@@ -15,10 +15,15 @@ the runs of one seed one after another) in these settings, same preset, files an
                           average their models;
   - "2 workers, block, B each": the same with 2 B slots in all, B per worker, so each worker
                           runs exactly `fit`'s program of one process; also with
-                          steps_per_execution 200 (one average per 200 steps).
+                          steps_per_execution 200 (one average per 200 steps);
+  - "2 processes at once": two independent one-process runs started together, each with
+                          cores / 2 intra-op threads as a local worker has: what one process
+                          gets while another shares the host, no exchange (the ceiling of a
+                          worker here; with --control).
 Reported: Recall@20 and MRR@20 on the test file, training events/s (all workers together, as
-the chief reports it: training time, tracing and the first epoch included), and per worker
-against the one process of the same seed.
+the chief reports it: training time, tracing and the first epoch included), per worker
+against the one process of the same seed, and under sync=block the chief's median time per
+block of its last epoch in training and in averaging (from its log).
 
 Datasets (from --shared-data, default ../shared/data, prepared as benchmarks/parity.py does):
 rsc15 (rsc15-xe, 10 epochs), trivago (rsc15-xe with n_sample=512, 3 epochs); bundled: the
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -64,23 +70,43 @@ def settings(batch_size: int, with_step: bool) -> list[tuple[str, list[str]]]:
     ]
 
 
+def run_pair(train: str, test: str, preset: str, overrides: dict, epochs: int,
+             seed: int) -> dict:
+    """Two one-process runs at once (threads wait on their processes); their events/s summed,
+    the first's accuracy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = {"TF_NUM_INTRAOP_THREADS": str(max(1, len(os.sched_getaffinity(0)) // 2))}
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(lambda _: run_train(train, test, preset, overrides, epochs, seed,
+                                                 [], threads), range(2)))
+    return {**rows[0], "replicas": 2, "train_events_per_second":
+            sum(r["train_events_per_second"] for r in rows),
+            "each_events_per_second": [r["train_events_per_second"] for r in rows]}
+
+
 def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, seed: int,
-              extra: list[str]) -> dict:
+              extra: list[str], env: dict | None = None) -> dict:
     """`tf-gru4rec train` in a fresh process; the fields of its metrics.json used here."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", "WARNING", "train", "--train",
+        cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", "INFO", "train", "--train",
                train, "--test", test, "--out", os.path.join(tmp, "model"), "--preset", preset,
                "--seed", str(seed), "--verbose", "0", "--set", f"n_epochs={epochs}"]
         for key, value in overrides.items():
             cmd += ["--set", f"{key}={value}"]
         start = time.perf_counter()
         done = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": REPO})
+                              env={**os.environ, "PYTHONPATH": REPO, **(env or {})})
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd + extra)}:\n{done.stderr[-3000:]}")
         with open(os.path.join(tmp, "model", "metrics.json")) as f:
             metrics = json.load(f)
-    return {key: metrics.get(key) for key in (
+    # The chief's split of its last epoch's blocks (logged under sync=block).
+    split = re.findall(r"worker 0 \S+: sync=block: \d+ blocks, median ([\d.]+) ms training and "
+                       r"([\d.]+) ms averaging", done.stderr)
+    timing = ({"block_train_ms": float(split[-1][0]), "block_average_ms": float(split[-1][1])}
+              if split else {})
+    return timing | {key: metrics.get(key) for key in (
         "recall@20", "mrr@20", "train_events_per_second", "train_seconds", "replicas", "sync",
         "steps_per_epoch")} | {"wall_seconds": time.perf_counter() - start}
 
@@ -108,6 +134,11 @@ def table(records: list[dict]) -> str:
         mrr = statistics.median(r["mrr@20"] for r in rows)
         speed = statistics.median(r["train_events_per_second"] for r in rows)
         ratio = statistics.median(r["per_worker_vs_one_process"] for r in rows)
+        split = [r for r in rows if "block_train_ms" in r]
+        if split:
+            train = statistics.median(r["block_train_ms"] for r in split)
+            average = statistics.median(r["block_average_ms"] for r in split)
+            setting += f" (block: {train:.0f} ms training, {average:.0f} ms averaging)"
         seeds = "; ".join(f"{r['seed']}: {r['recall@20']:.4f}/{r['mrr@20']:.4f}, "
                           f"{r['per_worker_vs_one_process']:.2f}x" for r in rows)
         lines.append(f"| {dataset} | {setting} | {recall:.4f} | {mrr:.4f} | {speed:,.0f} | "
@@ -124,6 +155,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--with-step", action="store_true",
                         help="also run `--workers 2` with sync=step (slow: ~0.1x)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run two one-process trainings at once (no exchange)")
+    parser.add_argument("--only", nargs="+", metavar="SETTING",
+                        help="only these settings (by label; '1 process' always runs)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "tf_gru4rec_parity"))
     parser.add_argument("--out", default=RESULTS)
@@ -141,8 +176,14 @@ def main() -> None:
         batch_size = load_preset(preset).with_overrides(overrides).batch_size
         for seed in args.seeds:
             base = None
-            for label, extra in settings(batch_size, args.with_step):
-                row = run_train(train, test, preset, overrides, epochs, seed, extra)
+            runs = settings(batch_size, args.with_step)
+            if args.control:
+                runs.append(("2 processes at once", None))
+            if args.only:  # the one process always runs: the ratios' base
+                runs = [r for r in runs if r[0] == "1 process" or r[0] in args.only]
+            for label, extra in runs:
+                row = (run_pair(train, test, preset, overrides, epochs, seed) if extra is None
+                       else run_train(train, test, preset, overrides, epochs, seed, extra))
                 base = base or row
                 per_worker = row["train_events_per_second"] / (row["replicas"] or 1)
                 row.update(dataset=dataset, setting=label, seed=seed, preset=preset,

@@ -19,11 +19,15 @@ so backups, resume, validation and early stopping work unchanged.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 
+logger = logging.getLogger(__name__)
 SEED_STRIDE = 7919  # replica r's dropout seed: the run model's, plus r * SEED_STRIDE
 BLOCK_DRAWS = 1 << 20  # the run model's dropout counter advances this much per block
 
@@ -93,18 +97,26 @@ class BlockAveraging:
         real steps on any replica; loss and events of all replicas together)."""
         self.start_epoch()
         iterator = iter(dataset)
-        more = True
+        more, seconds = True, []
         while more:
-            totals, n_steps, more = self.train_block(next(iterator))
+            totals, n_steps, more, timing = self.train_block(next(iterator))
+            seconds.append(timing)
             yield n_steps, float(totals[0]), float(totals[1])
+        train, exchange = np.median(np.asarray(seconds), axis=0) * 1e3
+        logger.info("sync=block: %d blocks, median %.1f ms training and %.1f ms averaging "
+                    "per block", len(seconds), train, exchange)
 
-    def train_block(self, block: dict) -> tuple[np.ndarray, int, bool]:
+    def train_block(self, block: dict) -> tuple[np.ndarray, int, bool, tuple[float, float]]:
         """Trains this worker's block, then averages with the others: (loss sum and events
-        [2] of all replicas, the most real steps on any replica, whether any has more)."""
-        totals = self.local.train_block(block, block["n_real"])
+        [2] of all replicas, the most real steps on any replica, whether any has more,
+        seconds of the training and of the averaging)."""
+        start = time.perf_counter()
+        totals = np.asarray(self.local.train_block(block, block["n_real"]))
+        trained = time.perf_counter()
         totals, extent = self._exchange(block["n_real"], block["more"], totals)
         extent = np.asarray(extent)
-        return np.asarray(totals), int(extent[0]), bool(extent[1])
+        return (np.asarray(totals), int(extent[0]), bool(extent[1]),
+                (trained - start, time.perf_counter() - trained))
 
     def _exchange_block(self, n_real, more, totals):
         """One all-reduce of [steps-weighted values, steps, totals], one all-gather of the
