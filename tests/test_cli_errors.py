@@ -244,8 +244,12 @@ def test_failed_train_leaves_the_previous_model_untouched(files, tmp_path, capsy
 
 @pytest.mark.parametrize("argv", [
     ["train", "--train", "{d}/train.tsv", "--out", "{d}/out", "--set", "dropout_p_hidden=1.5"],
-    ["train", "--train", "{d}/header.tsv", "--out", "{d}/out"],
-    ["evaluate", "--model", "{d}/model", "--test", "{d}/unknown.tsv"],
+    # default suite time (README: Tests): one real process by default, the in-process
+    # tests above cover these messages
+    pytest.param(["train", "--train", "{d}/header.tsv", "--out", "{d}/out"],
+                 marks=pytest.mark.slow),
+    pytest.param(["evaluate", "--model", "{d}/model", "--test", "{d}/unknown.tsv"],
+                 marks=pytest.mark.slow),
 ], ids=["parameter", "header-only file", "nothing to evaluate"])
 def test_real_process_writes_no_traceback(files, argv):
     argv = [a.format(d=files) for a in argv]

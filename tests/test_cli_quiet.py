@@ -47,6 +47,7 @@ def test_train_prints_no_tensorflow_startup_lines(tiny_log, tmp_path):
     assert "training on 60 events" in done.stderr  # our own INFO lines still show
 
 
+@pytest.mark.slow  # default suite time (README: Tests); the quiet test above stays
 def test_debug_shows_them(tiny_log, tmp_path):
     done = _train(tiny_log, tmp_path, "-v", "debug")
     assert done.returncode == 0, done.stderr

@@ -153,6 +153,7 @@ def _saved_model_cli(args, env):
     return subprocess.run(command + args, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # default suite time (README: Tests); the C API loader tests stay
 @pytest.mark.parametrize("exported", ["constrained-2-layers-exclude-seen"], indirect=True)
 def test_saved_model_cli_runs_a_fresh_export(exported, tmp_path):
     """`saved_model_cli run` (it ships with TensorFlow and loads with the session-based loader,

@@ -225,6 +225,7 @@ def test_existing_version_is_a_one_line_cli_error(model_dir, tmp_path):
     assert os.listdir(base) == ["1"] and (base / "1" / "saved_model.pb").read_bytes() == b"keep me"
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mount namespaces")
 def test_base_path_that_is_a_mount_point(model_dir, tmp_path):
     """The base path is a tmpfs mounted in a private mount namespace (gone with the process):

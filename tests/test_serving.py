@@ -463,6 +463,7 @@ def test_replay_waits_for_a_server_that_is_still_starting(synthetic_served):
     assert _metrics(served) == _metrics(evaluate(s["model"], log, batch_size=32))
 
 
+@pytest.mark.slow  # default suite time (README: Tests)
 def test_loading_a_version_prints_no_tensorflow_deprecation_notice(synthetic_served):
     """`serve` loads with TF Serving's v1 loader and reads the warmup records: TensorFlow's
     notices that those calls are deprecated are not for the user (a fresh process: each
