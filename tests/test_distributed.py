@@ -238,9 +238,11 @@ def test_custom_loop_on_one_shard_trains_as_fit_on_its_log(small_logs, tmp_path)
 
 
 @pytest.mark.slow  # default suite time (README: Tests)
-def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
+@pytest.mark.parametrize("sync", ["step", "block"])
+def test_two_workers_train_on_uneven_shards(small_logs, tmp_path, sync):
     """3 shards for 2 workers: worker 0 reads shards 0 and 2, worker 1 shard 1, so worker 1
-    runs out first and pads; both still end identical, and every event is trained on."""
+    runs out first and pads (under sync=block its empty blocks weigh nothing in the average);
+    both still end identical, and every event is trained on."""
     from tf_gru4rec.data.shards import ShardSet
 
     train_dir = _shards(small_logs[0], tmp_path / "sh", 1500)
@@ -248,9 +250,10 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path):
     assert len(shards) == 3
     done = _run([sys.executable, "-m", "tf_gru4rec.cli", "train", "--train", train_dir,
                  "--test", str(tmp_path / "sh" / "test.parquet"), "--out", str(tmp_path / "m"),
-                 *QUICK, "--workers", "2"], timeout=300)
+                 *QUICK, "--workers", "2", "--sync", sync], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout)
+    assert metrics["sync"] == sync
     assert len(set(metrics["replica_weight_digests"])) == 1
     assert metrics["train_events"] == 2 * shards.n_predictions
     # Counted while training: every event once per epoch, none twice, none dropped.

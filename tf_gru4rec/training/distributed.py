@@ -129,6 +129,8 @@ class DistributedTrainer:
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
         self.averaging = None
+        if self.n_replicas == 1 and config.sync == "block":
+            logger.info("sync='block' changes nothing on one replica (nothing to average)")
         if self.n_replicas > 1 and config.sync == "block":  # one model per worker, no scope
             self.model = run_model(config, source, model, copy=model is not None)
             self.model.optimizer.build(self.model.trainable_variables)
