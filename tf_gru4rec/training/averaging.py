@@ -7,9 +7,10 @@ With `sync="block"` each worker trains a block of `steps_per_execution` steps on
 slots with `fit`'s program (`GRU4Rec.train_block`: with XLA the whole block, forward, backward
 and optimizer update, is one compiled program) on a model of its own, then the workers average
 their weights and optimizer state in one all-reduce, each weighted by the real steps it ran in
-the block (a worker whose sessions have run out contributes nothing). One block of one step
-with plain SGD is exactly the step-synchronised update; longer blocks are local SGD (the
-replicas drift apart within a block), with its own accuracy (BENCHMARKS.md).
+the block (a worker whose sessions have run out contributes nothing); the same all-reduce
+carries the loss totals, the GRU states and the steps, so a block costs one collective. One
+block of one step with plain SGD is exactly the step-synchronised update; longer blocks are
+local SGD (the replicas drift apart within a block), with its own accuracy (BENCHMARKS.md).
 
 The run's model (`BlockAveraging.model`, B slots: what the callbacks, the backups and the export
 see) holds the averaged weights and optimizer state after every block and the replicas' GRU
@@ -119,25 +120,32 @@ class BlockAveraging:
                 (trained - start, time.perf_counter() - trained))
 
     def _exchange_block(self, n_real, more, totals):
-        """One all-reduce of [steps-weighted values, steps, totals], one all-gather of the
-        GRU states and of (steps, more); the results assigned to both models."""
+        """One all-reduce (sum) of [steps-weighted values, steps, totals, GRU states, extents]:
+        each replica puts its GRU states [B/R, sum H] in its own rows of a zero [B, sum H] and
+        its (steps, more) in its own pair of a zero [R, 2], so the sums are every replica's
+        (one collective: each costs a round trip). The results are assigned to both models."""
         values = [tf.reshape(mine.value, [-1]) for mine, _ in self.pairs]
         states = tf.concat([s.value for s in self.local.train_states], axis=1)
+        n_replicas, local = self.n_replicas, self.local_slots
 
         def exchange(*args):
             # On the replica's device (a collective takes its destination from its input).
             flat, states, n_real, more, totals = (tf.identity(a) for a in args)
             context = tf.distribute.get_replica_context()
+            replica = context.replica_id_in_sync_group
             weight = tf.cast(n_real, tf.float32)
-            summed = context.all_reduce("sum", tf.concat([flat * weight, [weight], totals], 0))
-            extent = context.all_gather(tf.stack([n_real, tf.cast(more, tf.int32)])[None], 0)
-            return summed, context.all_gather(states, axis=0), tf.reduce_max(extent, axis=0)
+            rows = tf.pad(states, [[replica * local, (n_replicas - 1 - replica) * local],
+                                   [0, 0]])
+            mine = tf.one_hot(replica, n_replicas)[:, None] * tf.cast(
+                tf.stack([n_real, tf.cast(more, tf.int32)]), tf.float32)
+            return context.all_reduce("sum", tf.concat(
+                [flat * weight, [weight], totals, tf.reshape(rows, [-1]),
+                 tf.reshape(mine, [-1])], 0))
 
         flat = tf.concat(values, 0)
-        results = self.strategy.run(exchange, args=(flat, states, n_real, more, totals))
-        summed, gathered, extent = (self.strategy.experimental_local_results(r)[0]
-                                    for r in results)
-        size = tf.shape(flat)[0]
+        summed = self.strategy.experimental_local_results(
+            self.strategy.run(exchange, args=(flat, states, n_real, more, totals)))[0]
+        size, n_states = int(flat.shape[0]), n_replicas * local * int(states.shape[1])
         weight = summed[size]
         # No replica ran a step (all had run out): every copy still holds the last average.
         mean = tf.where(weight > 0, summed[:size] / tf.maximum(weight, 1.0), flat)
@@ -146,17 +154,20 @@ class BlockAveraging:
             value = tf.reshape(value, mine.shape)
             mine.assign(value)
             theirs.assign(value)
+        gathered = tf.reshape(summed[size + 3:size + 3 + n_states], [n_replicas * local, -1])
         for variable, value in zip(self.model.train_states,
                                    tf.split(gathered, self.model.layer_sizes, axis=1),
                                    strict=True):
             variable.assign(value)
+        extent = tf.cast(tf.reduce_max(tf.reshape(summed[size + 3 + n_states:], [-1, 2]),
+                                       axis=0), tf.int32)
         iterations = self.model.optimizer.iterations
         iterations.assign_add(tf.cast(extent[0], iterations.dtype))
         self.local.optimizer.iterations.assign(iterations)
         for _, theirs in self.seeds:
             theirs.assign_add(tf.constant([0, BLOCK_DRAWS], theirs.dtype))
         self._replica_seeds()
-        return summed[size + 1:], extent
+        return summed[size + 1:size + 3], extent
 
 
 def averaged_variables(model) -> list:
