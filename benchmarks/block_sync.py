@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
-from parity import dataset_files  # noqa: E402  (benchmarks/parity.py)
+from parity import dataset_files, train_command  # noqa: E402  (benchmarks/parity.py)
 from run import machine  # noqa: E402  (benchmarks/run.py; imports no TensorFlow)
 
 from tf_gru4rec.config import load_preset  # noqa: E402  (no TensorFlow)
@@ -89,11 +89,8 @@ def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, 
               extra: list[str], env: dict | None = None) -> dict:
     """`tf-gru4rec train` in a fresh process; the fields of its metrics.json used here."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", "INFO", "train", "--train",
-               train, "--test", test, "--out", os.path.join(tmp, "model"), "--preset", preset,
-               "--seed", str(seed), "--verbose", "0", "--set", f"n_epochs={epochs}"]
-        for key, value in overrides.items():
-            cmd += ["--set", f"{key}={value}"]
+        cmd = train_command(train, test, os.path.join(tmp, "model"), preset, overrides, epochs,
+                            seed, log_level="INFO")  # INFO: the sync=block split per block
         start = time.perf_counter()
         done = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": REPO, **(env or {})})

@@ -100,15 +100,23 @@ def dataset_files(name: str, shared: str, work: str) -> tuple[str, str]:
     return tuple(os.path.join(shared, f) for f in RSC15_FILES)
 
 
+def train_command(train: str, test: str, out: str, preset: str, overrides: dict, epochs: int,
+                  seed: int, log_level: str = "WARNING") -> list[str]:
+    """The `tf-gru4rec train` command line of one run (no progress bar)."""
+    cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", log_level, "train", "--train", train,
+           "--test", test, "--out", out, "--preset", preset, "--seed", str(seed), "--verbose",
+           "0", "--set", f"n_epochs={epochs}"]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
 def run_ours(train: str, test: str, preset: str, overrides: dict, epochs: int,
              seed: int) -> dict:
     """`tf-gru4rec train` in a fresh process; its metrics.json."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "tf_gru4rec.cli", "-v", "WARNING", "train", "--train",
-               train, "--test", test, "--out", os.path.join(tmp, "model"), "--preset", preset,
-               "--seed", str(seed), "--verbose", "0", "--set", f"n_epochs={epochs}"]
-        for key, value in overrides.items():
-            cmd += ["--set", f"{key}={value}"]
+        cmd = train_command(train, test, os.path.join(tmp, "model"), preset, overrides, epochs,
+                            seed)
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start

@@ -22,22 +22,13 @@ def main() -> dict:
 
     strategy = make_strategy("multi-worker")  # before any other TensorFlow op
     import keras
+    from replay_setup import replay_log_and_config
 
-    from tf_gru4rec.config import TrainConfig
     from tf_gru4rec.data.distributed_input import TrainingSource
-    from tf_gru4rec.data.session_log import SessionLog
-    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
-    from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.training import build_model
     from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
 
-    events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=250, seed=5))
-    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-    log = SessionLog.from_events(events, vocabulary)
-    config = TrainConfig().with_overrides({
-        "batch_size": "8", "n_sample": "16", "layers": "12", "n_epochs": "2",
-        "steps_per_execution": "7", "loss": "bpr-max", "bpreg": "0.5", "momentum": "0.3",
-        "embedding": "0", "constrained_embedding": "true", "sync": "block"})
+    log, config = replay_log_and_config(n_epochs=2, sync="block")
     keras.utils.set_random_seed(config.seed)
     source = TrainingSource(log=log)
     trainer = DistributedTrainer(config, source, strategy)

@@ -81,22 +81,14 @@ def adagradm() -> dict:
 def reference(workdir: str) -> dict:
     """Two replicas train one epoch; a plain model replays both replicas' steps by hand (the
     sum of their gradients, the loss over the global batch) from the same initial weights."""
-    from tf_gru4rec.config import TrainConfig
+    from replay_setup import replay_log_and_config
+
     from tf_gru4rec.data.distributed_input import TrainingSource
-    from tf_gru4rec.data.session_log import SessionLog
-    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
-    from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.nn.layers.dropout import HashDropout
     from tf_gru4rec.training import build_model
     from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
 
-    events = generate_sessions(SyntheticConfig(n_items=120, n_sessions=250, seed=5))
-    vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
-    log = SessionLog.from_events(events, vocabulary)
-    config = TrainConfig().with_overrides({
-        "batch_size": "8", "n_sample": "16", "layers": "12", "n_epochs": "1",
-        "steps_per_execution": "7", "loss": "bpr-max", "bpreg": "0.5", "momentum": "0.3",
-        "dropout_p_hidden": "0.0", "embedding": "0", "constrained_embedding": "true"})
+    log, config = replay_log_and_config()
     strategy = tf.distribute.MirroredStrategy(DEVICES)
     source = TrainingSource(log=log)
     trainer = DistributedTrainer(config, source, strategy)
@@ -152,17 +144,12 @@ def _add(a, b):
 
 def block_on_devices() -> dict:
     """sync="block" under a MirroredStrategy of two devices: the error it raises."""
-    from tf_gru4rec.config import TrainConfig
+    from replay_setup import replay_log_and_config
+
     from tf_gru4rec.data.distributed_input import TrainingSource
-    from tf_gru4rec.data.session_log import SessionLog
-    from tf_gru4rec.data.synthetic import SyntheticConfig, generate_sessions
-    from tf_gru4rec.data.vocabulary import ItemVocabulary
     from tf_gru4rec.training.distributed import DistributedTrainer
 
-    events = generate_sessions(SyntheticConfig(n_items=50, n_sessions=60, seed=5))
-    log = SessionLog.from_events(events, ItemVocabulary.from_events(events["ItemId"].to_numpy()))
-    config = TrainConfig().with_overrides({"batch_size": "8", "n_sample": "8", "layers": "8",
-                                           "sync": "block"})
+    log, config = replay_log_and_config(sync="block")
     try:
         DistributedTrainer(config, TrainingSource(log=log),
                            tf.distribute.MirroredStrategy(DEVICES))

@@ -263,6 +263,15 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path, sync):
     assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]
 
 
+def test_the_sync_option_reaches_the_run_config(small_logs, tmp_path):
+    """`--sync block` is the run's `sync` (the model directory's config.json holds what ran;
+    the 2-worker tests show the trainer acting on it)."""
+    out = tmp_path / "m"
+    assert main(["-v", "WARNING", "train", "--train", small_logs[0], "--out", str(out), *QUICK,
+                 "--sync", "block"]) == 0
+    assert json.loads((out / "config.json").read_text())["sync"] == "block"
+
+
 # ----------------------------------------------------------------------- bad options
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "2", "--set", "batch_size=7"], "batch_size 7 is not divisible by 2 workers"),

@@ -190,6 +190,11 @@ def test_every_option_at_every_scale(data, whole, scale, capsys):
         digests = metrics["replica_weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
+        # Each local worker gets its share of the host's cores (tf_gru4rec.training.workers).
+        share = os.environ.get("TF_NUM_INTRAOP_THREADS",
+                               max(1, len(os.sched_getaffinity(0)) // 2))
+        for worker in (0, 1):
+            assert f"worker {worker} of 2: {share} intra-op threads" in done.stderr
         # TensorFlow's INFO lines (one per collective op, the strategy's set-up) are not ours.
         assert "Collective" not in done.stderr and "INFO worker 0 tensorflow" not in done.stderr
         # Collectives leave no thread behind (with a per-collective timeout, TF 2.21 leaked

@@ -161,6 +161,9 @@ def cmd_train(args) -> int:
         # The strategy comes before any other TensorFlow op of the process.
         strategy = make_strategy("multi-worker" if cluster else "mirrored")
     chief = cluster is None or cluster[1] == 0
+    if cluster is not None:  # `--workers N` sets each local worker's share of the cores
+        logger.info("worker %d of %d: %s intra-op threads", cluster[1], cluster[0],
+                    os.environ.get("TF_NUM_INTRAOP_THREADS", "TensorFlow's default"))
     logger.info("config: %s", config.to_dict())
     source, vocabulary, model = _training_data(args, config)
     # Every input is read and checked before training starts.

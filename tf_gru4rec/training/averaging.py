@@ -26,8 +26,6 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_gru4rec.config import TrainConfig
-
 logger = logging.getLogger(__name__)
 SEED_STRIDE = 7919  # replica r's dropout seed: the run model's, plus r * SEED_STRIDE
 BLOCK_DRAWS = 1 << 20  # the run model's dropout counter advances this much per block
@@ -39,32 +37,22 @@ class BlockAveraging:
     Args:
       strategy: a `MultiWorkerMirroredStrategy` with one replica per worker (the collectives).
       model: the run's built and compiled GRU4Rec (B slots), created outside the strategy.
-      config: the run's settings.
-      item_support: [n_items] the training items' support (the local model's logQ term).
+      local: this worker's built and compiled copy of it with B / R slots, optimizer built.
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, model, config: TrainConfig,
-                 item_support: np.ndarray):
-        from tf_gru4rec.nn.model import GRU4Rec
-        from tf_gru4rec.training.build import compile_model
-
+    def __init__(self, strategy: tf.distribute.Strategy, model, local):
         if len(strategy.extended.worker_devices) != 1:
             raise ValueError(
                 f"sync='block' keeps one model copy per process, but this strategy has "
                 f"{len(strategy.extended.worker_devices)} replicas in one process (--mirrored "
                 "on several devices); expected one device per worker: use --workers N or "
                 "TF_CONFIG, or sync='step'")
-        self.strategy, self.model, self.config = strategy, model, config
+        self.strategy, self.model, self.local = strategy, model, local
         self.n_replicas = strategy.num_replicas_in_sync
         self.replica = int(strategy.experimental_local_results(tf.function(
             lambda: strategy.run(
                 lambda: tf.distribute.get_replica_context().replica_id_in_sync_group))())[0])
-        self.local_slots = config.batch_size // self.n_replicas
-        self.local = GRU4Rec.from_config({**model.get_config(), "batch_size": self.local_slots})
-        self.local.build()
-        self.local.set_item_support(item_support)
-        compile_model(self.local, config)
-        self.local.optimizer.build(self.local.trainable_variables)
+        self.local_slots = local.batch_size
         self.pairs = list(zip(averaged_variables(self.local), averaged_variables(model),
                               strict=True))
         for mine, theirs in self.pairs:

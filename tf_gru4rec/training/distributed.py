@@ -134,7 +134,10 @@ class DistributedTrainer:
         if self.n_replicas > 1 and config.sync == "block":  # one model per worker, no scope
             self.model = run_model(config, source, model, copy=model is not None)
             self.model.optimizer.build(self.model.trainable_variables)
-            self.averaging = BlockAveraging(strategy, self.model, config, source.item_support())
+            local = run_model(config.replace(batch_size=config.batch_size // self.n_replicas),
+                              source, self.model, copy=True)
+            local.optimizer.build(local.trainable_variables)
+            self.averaging = BlockAveraging(strategy, self.model, local)
         else:
             with strategy.scope():
                 self.model = run_model(config, source, model, copy=self.n_replicas > 1)
