@@ -43,7 +43,13 @@ def test_committed_notebook_is_executed_with_its_outputs(path):
     assert "WARNING:tensorflow" not in text and "oneDNN" not in text  # no noise to read past
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# The reproduction notebook's run is `slow` (default suite time, README: Tests); it is still
+# checked by the structure test above, and `reproduce` by its own slow test.
+RUN_PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.stem == "02_reproduction" else p
+              for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", RUN_PARAMS, ids=lambda p: p.stem)
 def test_notebook_runs_at_tiny_sizes(path, monkeypatch, tmp_path):
     monkeypatch.setenv("TF_GRU4REC_NB_SMALL", "1")
     monkeypatch.setenv("TF_GRU4REC_DATA", str(tmp_path / "no-data"))  # bundled data only
