@@ -1,4 +1,5 @@
-"""`--sync block` (local SGD) against one process: accuracy on real logs, and speed per worker.
+"""`--sync block` and `--sync overlap` (local SGD) against one process: accuracy on real logs,
+and speed per worker.
 
     PYTHONPATH=. python benchmarks/block_sync.py [--datasets rsc15 trivago bundled] \
         [--seeds 0 1 2] [--out benchmarks/results/block_sync.json]
@@ -16,14 +17,19 @@ the runs of one seed one after another) in these settings, same preset, files an
   - "2 workers, block, B each": the same with 2 B slots in all, B per worker, so each worker
                           runs exactly `fit`'s program of one process; also with
                           steps_per_execution 200 (one average per 200 steps);
+  - "2 workers, overlap, B each": `--sync overlap`, B per worker: the average travels while
+                          the next block trains and is applied one block late;
   - "2 processes at once": two independent one-process runs started together, each with
                           cores / 2 intra-op threads as a local worker has: what one process
                           gets while another shares the host, no exchange (the ceiling of a
                           worker here; with --control).
 Reported: Recall@20 and MRR@20 on the test file, training events/s (all workers together, as
 the chief reports it: training time, tracing and the first epoch included), per worker
-against the one process of the same seed, and under sync=block the chief's median time per
-block of its last epoch in training and in averaging (from its log).
+against the one process of the same seed; the steady events/s (the median over the epochs
+after the first of what the chief's loop logs per epoch: training only, no tracing) and per
+worker against the one process's steady rate; under sync=block and overlap the chief's median
+time per block of its last epoch in training and in averaging (overlap: waiting for the
+average) (from its log).
 
 Datasets (from --shared-data, default ../shared/data, prepared as benchmarks/parity.py does):
 rsc15 (rsc15-xe, 10 epochs), trivago (rsc15-xe with n_sample=512, 3 epochs); bundled: the
@@ -67,6 +73,8 @@ def settings(batch_size: int, with_step: bool) -> list[tuple[str, list[str]]]:
         ("2 workers, block, B each", [*block, "--set", f"batch_size={2 * batch_size}"]),
         ("2 workers, block, B each, 200 steps", [*block, "--set", f"batch_size={2 * batch_size}",
                                                  "--set", "steps_per_execution=200"]),
+        ("2 workers, overlap, B each", ["--workers", "2", "--sync", "overlap", "--set",
+                                        f"batch_size={2 * batch_size}"]),
     ]
 
 
@@ -82,7 +90,8 @@ def run_pair(train: str, test: str, preset: str, overrides: dict, epochs: int,
                                                  [], threads), range(2)))
     return {**rows[0], "replicas": 2, "train_events_per_second":
             sum(r["train_events_per_second"] for r in rows),
-            "each_events_per_second": [r["train_events_per_second"] for r in rows]}
+            "each_events_per_second": [r["train_events_per_second"] for r in rows],
+            "steady_events_per_second": sum(r["steady_events_per_second"] for r in rows)}
 
 
 def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, seed: int,
@@ -98,11 +107,17 @@ def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, 
             raise RuntimeError(f"{' '.join(cmd + extra)}:\n{done.stderr[-3000:]}")
         with open(os.path.join(tmp, "model", "metrics.json")) as f:
             metrics = json.load(f)
-    # The chief's split of its last epoch's blocks (logged under sync=block).
-    split = re.findall(r"worker 0 \S+: sync=block: \d+ blocks, median ([\d.]+) ms training and "
-                       r"([\d.]+) ms averaging", done.stderr)
+    # The chief's split of its last epoch's blocks (logged under sync=block and overlap).
+    split = re.findall(r"worker 0 \S+: sync=\w+: \d+ blocks, median ([\d.]+) ms training and "
+                       r"([\d.]+) ms", done.stderr)
     timing = ({"block_train_ms": float(split[-1][0]), "block_average_ms": float(split[-1][1])}
               if split else {})
+    # The chief's (or the one process's) events/s per epoch, as its training loop logs them.
+    epochs = [float(rate) for rate in re.findall(
+        r"^(?:(?!worker [1-9]).)*training\.loop: epoch \d+/\d+: .* ([\d.]+) events/s",
+        done.stderr, re.M)]
+    timing["epoch_events_per_second"] = epochs
+    timing["steady_events_per_second"] = statistics.median(epochs[1:] or epochs)
     return timing | {key: metrics.get(key) for key in (
         "recall@20", "mrr@20", "train_events_per_second", "train_seconds", "replicas", "sync",
         "steps_per_epoch")} | {"wall_seconds": time.perf_counter() - start}
@@ -120,7 +135,7 @@ def bundled_files(work: str) -> tuple[str, str]:
 def table(records: list[dict]) -> str:
     """Markdown: one row per dataset and setting, the seeds' medians and each seed's values."""
     lines = ["| dataset | setting | Recall@20 | MRR@20 | events/s (all) | per worker x 1 process "
-             "| seeds |", "|---|---|---|---|---|---|---|"]
+             "| steady per worker x 1 process | seeds |", "|---|---|---|---|---|---|---|---|"]
     keys = []
     for r in records:
         if (r["dataset"], r["setting"]) not in keys:
@@ -131,6 +146,7 @@ def table(records: list[dict]) -> str:
         mrr = statistics.median(r["mrr@20"] for r in rows)
         speed = statistics.median(r["train_events_per_second"] for r in rows)
         ratio = statistics.median(r["per_worker_vs_one_process"] for r in rows)
+        steady = statistics.median(r["steady_per_worker_vs_one_process"] for r in rows)
         split = [r for r in rows if "block_train_ms" in r]
         if split:
             train = statistics.median(r["block_train_ms"] for r in split)
@@ -139,7 +155,7 @@ def table(records: list[dict]) -> str:
         seeds = "; ".join(f"{r['seed']}: {r['recall@20']:.4f}/{r['mrr@20']:.4f}, "
                           f"{r['per_worker_vs_one_process']:.2f}x" for r in rows)
         lines.append(f"| {dataset} | {setting} | {recall:.4f} | {mrr:.4f} | {speed:,.0f} | "
-                     f"{ratio:.2f} | {seeds} |")
+                     f"{ratio:.2f} | {steady:.2f} | {seeds} |")
     return "\n".join(lines)
 
 
@@ -183,14 +199,18 @@ def main() -> None:
                        else run_train(train, test, preset, overrides, epochs, seed, extra))
                 base = base or row
                 per_worker = row["train_events_per_second"] / (row["replicas"] or 1)
+                steady = row["steady_events_per_second"] / (row["replicas"] or 1)
                 row.update(dataset=dataset, setting=label, seed=seed, preset=preset,
                            overrides=overrides, epochs=epochs, args=extra,
                            per_worker_vs_one_process=per_worker
-                           / base["train_events_per_second"])
+                           / base["train_events_per_second"],
+                           steady_per_worker_vs_one_process=steady
+                           / base["steady_events_per_second"])
                 records.append(row)
                 print(f"{dataset} seed {seed} {label}: {row['recall@20']:.4f} / "
                       f"{row['mrr@20']:.4f}, {row['train_events_per_second']:,.0f} events/s "
-                      f"({row['per_worker_vs_one_process']:.2f}x per worker)", file=sys.stderr,
+                      f"({row['per_worker_vs_one_process']:.2f}x per worker; steady "
+                      f"{row['steady_per_worker_vs_one_process']:.2f}x)", file=sys.stderr,
                       flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "command": "PYTHONPATH=. python benchmarks/block_sync.py " + " ".join(sys.argv[1:]),

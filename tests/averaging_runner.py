@@ -1,11 +1,13 @@
 """One worker of a 2-worker cluster (TF_CONFIG set by test_distributed.py) training with
-sync="block"; the chief then replays both replicas by hand. Prints one JSON object.
+sync="block" or "overlap"; the chief then replays both replicas by hand. Prints one JSON object.
 
-  TF_CONFIG=... python averaging_runner.py
+  TF_CONFIG=... python averaging_runner.py [block] [overlap]   (default: both, one after the other)
 
 The replay: two plain models of B / 2 slots each train their replica's blocks with
-`train_block` (fit's program); after every block their weights and optimizer accumulators and
-momentums are replaced by the mean of both, weighted by the real steps each ran.
+`train_block` (fit's program). "block": after every block their weights and optimizer
+accumulators and momentums are replaced by the mean of both, weighted by the real steps each
+ran. "overlap": each replica keeps training, and after the next block becomes that mean (of
+the values both had after the block before) plus its own change since.
 """
 
 import json
@@ -21,6 +23,11 @@ def main() -> dict:
     from tf_gru4rec.training.distributed import make_strategy
 
     strategy = make_strategy("multi-worker")  # before any other TensorFlow op
+    return {mode: train_and_replay(strategy, mode)
+            for mode in (sys.argv[1:] or ["block", "overlap"])}
+
+
+def train_and_replay(strategy, mode: str) -> dict:
     import keras
     from replay_setup import replay_log_and_config
 
@@ -28,7 +35,7 @@ def main() -> dict:
     from tf_gru4rec.training import build_model
     from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
 
-    log, config = replay_log_and_config(n_epochs=2, sync="block")
+    log, config = replay_log_and_config(n_epochs=2, sync=mode)
     keras.utils.set_random_seed(config.seed)
     source = TrainingSource(log=log)
     trainer = DistributedTrainer(config, source, strategy)
@@ -50,32 +57,52 @@ def main() -> dict:
                  if v.name.endswith("_accumulator") or v.name.endswith("_momentum")]
         return list(model.trainable_variables) + state
 
+    def weighted_mean(values, weights):
+        if not sum(weights):
+            return None
+        return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+
     streams = replica_streams(source, config, [0, 1], 2)
     losses, steps, drift = [], [], 0.0
     for epoch in range(config.n_epochs):
         iterators = [iter(stream.dataset(epoch)) for stream in streams]
         loss_sum = n_events = n_steps = 0.0
+        sent = None  # overlap: (each variable's values on both replicas, weights, more)
         while True:
             blocks = [next(it) for it in iterators]
             weights = [int(b["n_real"]) for b in blocks]
+            more = any(bool(b["more"]) for b in blocks)
             for model, block in zip(replicas, blocks, strict=True):
                 totals = np.asarray(model.train_block(block, block["n_real"]))
                 loss_sum, n_events = loss_sum + totals[0], n_events + totals[1]
-            n_steps += max(weights)
-            for pair in zip(*(averaged(m) for m in replicas), strict=True):
-                values = [np.asarray(v.value, np.float64) for v in pair]
-                drift = max(drift, float(np.max(np.abs(values[0] - values[1]))))
-                if sum(weights):
-                    mean = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
-                    for variable in pair:
+            pairs = list(zip(*(averaged(m) for m in replicas), strict=True))
+            now = [[np.asarray(v.value, np.float64) for v in pair] for pair in pairs]
+            drift = max([drift] + [float(np.max(np.abs(a - b))) for a, b in now])
+            if mode == "block":
+                n_steps += max(weights)
+                for pair, values in zip(pairs, now, strict=True):
+                    mean = weighted_mean(values, weights)
+                    for variable in pair if mean is not None else ():
                         variable.assign(mean.astype(np.float32))
-            if not any(bool(b["more"]) for b in blocks):
-                break
+                if not more:
+                    break
+                continue
+            if sent is not None:  # the previous block's mean, applied one block late
+                before, sent_weights, sent_more = sent
+                n_steps += max(sent_weights)
+                for pair, values, old in zip(pairs, now, before, strict=True):
+                    mean = weighted_mean(old, sent_weights)
+                    for variable, value, value_then in zip(pair, values, old, strict=True):
+                        variable.assign((mean + (value - value_then)).astype(np.float32))
+                if not sent_more:
+                    break
+            sent = ([[np.asarray(v.value, np.float64) for v in pair] for pair in pairs],
+                    weights, more)
         losses.append(float(loss_sum / n_events))
         steps.append(int(n_steps))
     diffs = {v.path: float(np.max(np.abs(np.asarray(v.value) - np.asarray(w.value))))
              for v, w in zip(averaged(trainer.model), averaged(replicas[0]), strict=True)}
-    return {"digests": digests, "diffs": diffs, "drift": drift,
+    return {"digests": digests, "diffs": diffs, "drift": drift, "sync": trainer.sync,
             "moved": float(np.max(np.abs(np.asarray(replicas[0].trainable_variables[0].value)
                                          - initial[0]))),
             "loss": history["loss"], "replay_loss": losses,

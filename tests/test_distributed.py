@@ -164,11 +164,13 @@ def test_two_replicas_equal_a_by_hand_replay_of_their_steps(tmp_path):
     assert result["masks_differ"]
 
 
-def test_block_sync_on_two_workers_equals_a_by_hand_replay_of_local_sgd():
-    """sync="block" by definition, on 2 real worker processes: each replica trains its blocks
-    as one replica of B / 2 slots (fit's program), then both take the steps-weighted mean of
-    their weights and optimizer state; every replica ends identical, the loss and steps
-    reported are both replicas'."""
+def test_block_and_overlap_sync_on_two_workers_equal_by_hand_replays_of_local_sgd():
+    """sync="block" and "overlap" by definition, on 2 real worker processes (one run of each,
+    one after the other): each replica trains its blocks as one replica of B / 2 slots (fit's
+    program), and the replicas take the steps-weighted mean of their weights and optimizer
+    state, after each block ("block") or one block late, plus each replica's own progress
+    since ("overlap"); every replica ends identical, the loss and steps reported are both
+    replicas'."""
     from tf_gru4rec.training.workers import local_cluster
 
     env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
@@ -182,13 +184,17 @@ def test_block_sync_on_two_workers_equals_a_by_hand_replay_of_local_sgd():
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         assert process.returncode == 0 and lines, err[-3000:]
         results.append(json.loads(lines[-1][len("RESULT "):]))
-    chief = results[0]
-    assert chief["digests"] == results[1]["digests"] and len(set(chief["digests"])) == 1
-    assert chief["moved"] > 0.05  # training moved the weights
-    assert chief["drift"] > 1e-3  # the replicas differed before each average: it matters
-    assert max(chief["diffs"].values()) < 1e-5, chief["diffs"]
-    assert chief["steps"] == chief["replay_steps"]
-    np.testing.assert_allclose(chief["loss"], chief["replay_loss"], rtol=1e-5)
+    for mode in ("block", "overlap"):
+        chief, other = results[0][mode], results[1][mode]
+        assert chief["sync"] == mode
+        assert chief["digests"] == other["digests"] and len(set(chief["digests"])) == 1
+        assert chief["moved"] > 0.05  # training moved the weights
+        assert chief["drift"] > 1e-3  # the replicas differed before each average: it matters
+        assert max(chief["diffs"].values()) < 1e-5, (mode, chief["diffs"])
+        assert chief["steps"] == chief["replay_steps"]
+        np.testing.assert_allclose(chief["loss"], chief["replay_loss"], rtol=1e-5)
+    # The two are different maths: the weights end apart.
+    assert results[0]["block"]["digests"] != results[0]["overlap"]["digests"]
 
 
 def test_block_sync_needs_one_device_per_worker():
@@ -263,13 +269,14 @@ def test_two_workers_train_on_uneven_shards(small_logs, tmp_path, sync):
     assert metrics["steps_per_epoch"][0] * 8 >= lengths[0] + lengths[2]
 
 
-def test_the_sync_option_reaches_the_run_config(small_logs, tmp_path):
-    """`--sync block` is the run's `sync` (the model directory's config.json holds what ran;
-    the 2-worker tests show the trainer acting on it)."""
+@pytest.mark.parametrize("sync", ["block", "overlap"])
+def test_the_sync_option_reaches_the_run_config(small_logs, tmp_path, sync):
+    """`--sync block|overlap` is the run's `sync` (the model directory's config.json holds
+    what ran; the 2-worker tests show the trainer acting on it)."""
     out = tmp_path / "m"
     assert main(["-v", "WARNING", "train", "--train", small_logs[0], "--out", str(out), *QUICK,
-                 "--sync", "block"]) == 0
-    assert json.loads((out / "config.json").read_text())["sync"] == "block"
+                 "--sync", sync]) == 0
+    assert json.loads((out / "config.json").read_text())["sync"] == sync
 
 
 # ----------------------------------------------------------------------- bad options
@@ -277,6 +284,10 @@ def test_the_sync_option_reaches_the_run_config(small_logs, tmp_path):
     (["--workers", "2", "--set", "batch_size=7"], "batch_size 7 is not divisible by 2 workers"),
     (["--workers", "2", "--warm-start", "MODEL", "--train", "SHARDS"],
      "Parquet shards hold item indices fixed by their items.parquet"),
+    (["--workers", "2", "--sync", "overlap", "--backup-dir", "BACKUP", "--backup-every", "20"],
+     "a mid-epoch backup could not resume exactly"),
+    (["--workers", "2", "--set", "sync=overlap", "--backup-dir", "BACKUP", "--backup-every",
+      "20"], "with sync='overlap'"),
 ])
 def test_distributed_options_are_checked_before_anything_starts(small_logs, tmp_path, capsys,
                                                                 extra, message):
@@ -288,11 +299,20 @@ def test_distributed_options_are_checked_before_anything_starts(small_logs, tmp_
         assert main(["-v", "WARNING", "train", "--train", train_path, "--out", str(model),
                      *QUICK, "--set", "n_epochs=1", "--verbose", "0"]) == 0
         extra = [str(model) if a == "MODEL" else shards if a == "SHARDS" else a for a in extra]
+    extra = [str(tmp_path / "backup") if a == "BACKUP" else a for a in extra]
     start = time.perf_counter()
     code = main(["train", "--train", train_path, "--out", str(tmp_path / "o"), *extra])
     assert code == 2
     assert message in capsys.readouterr().err
     assert time.perf_counter() - start < 30  # no worker was started
+
+
+def test_train_refuses_mid_epoch_backups_under_overlap_sync(synthetic_log, tmp_path):
+    """The library's `train` refuses them too, before training (the CLI's check: above)."""
+    log, _, _ = synthetic_log
+    with pytest.raises(ValueError, match="a mid-epoch backup could not resume exactly"):
+        train(_config(sync="overlap"), log, backup_dir=str(tmp_path / "b"), backup_every=5)
+    assert not (tmp_path / "b").exists()
 
 
 def test_tf_config_is_checked(small_logs, tmp_path, capsys, monkeypatch):

@@ -29,16 +29,21 @@ from tf_gru4rec.training.resume import LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLOCK = "2 workers, sync block"
+OVERLAP = "2 workers, sync overlap"
 SCALES = {"one process": [], "2 workers": ["--workers", "2"],
-          BLOCK: ["--workers", "2", "--sync", "block"]}
+          BLOCK: ["--workers", "2", "--sync", "block"],
+          OVERLAP: ["--workers", "2", "--sync", "overlap"]}
 # The 2-worker kill/rerun (27 s), early stopping (10-13 s at each scale) and every test of
-# `--sync block` are `slow`: the default run keeps every option at one process and 2 workers
-# and the kill/rerun of one process (tests/test_distributed.py checks block sync's maths).
+# `--sync block` and `overlap` are `slow`: the default run keeps every option at one process
+# and 2 workers and the kill/rerun of one process (tests/test_distributed.py checks the maths
+# of block and overlap sync).
 EVERY_OPTION_SCALES = [pytest.param("one process"), pytest.param("2 workers"),
-                       pytest.param(BLOCK, marks=pytest.mark.slow)]
+                       pytest.param(BLOCK, marks=pytest.mark.slow),
+                       pytest.param(OVERLAP, marks=pytest.mark.slow)]
 SLOW_AT_TWO_WORKERS = [pytest.param("one process"),
                        pytest.param("2 workers", marks=pytest.mark.slow),
-                       pytest.param(BLOCK, marks=pytest.mark.slow)]
+                       pytest.param(BLOCK, marks=pytest.mark.slow),
+                       pytest.param(OVERLAP, marks=pytest.mark.slow)]
 MODEL = ["--preset", "quick", "--set", "layers=16", "--set", "batch_size=16", "--set",
          "n_sample=32", "--set", "dropout_p_hidden=0.2", "--set", "dropout_p_embed=0.1",
          "--set", "steps_per_execution=10", "--seed", "3", "--verbose", "2"]
@@ -87,10 +92,13 @@ def data(tmp_path_factory):
     return train, test, base
 
 
-def _every_option(data, workdir, name) -> list[str]:
+def _every_option(data, workdir, name, scale) -> list[str]:
+    """Every option; backups mid-epoch too, except under `--sync overlap` (epoch ends only:
+    it refuses --backup-every, tests/test_distributed.py)."""
     train, test, base = data
+    mid_epoch = [] if scale == OVERLAP else ["--backup-every", "20"]
     return ["--train", train, "--test", test, "--valid", test, *MODEL, "--set", "n_epochs=3",
-            "--warm-start", str(base), "--early-stopping", "5", "--backup-every", "20",
+            "--warm-start", str(base), "--early-stopping", "5", *mid_epoch,
             "--backup-dir", str(workdir / f"{name}-backup"),
             "--tensorboard", str(workdir / f"{name}-tb"),
             "--log-json", str(workdir / f"{name}.jsonl"), "--out", str(workdir / name)]
@@ -98,7 +106,8 @@ def _every_option(data, workdir, name) -> list[str]:
 
 def _kill_mid_epoch(args, scale, backup) -> tuple[dict, str]:
     """Runs the command and SIGKILLs it (one process) or worker 1 (2 workers) once a backup
-    from the middle of epoch 2 or later exists; returns that backup's meta and the stderr."""
+    from the middle of epoch 2 or later exists (under `--sync overlap`, the backup of epoch
+    1's end: the kill comes during epoch 2); returns that backup's meta and the stderr."""
     log = open(os.path.join(os.path.dirname(backup), "killed.stderr"), "w+")
     process = subprocess.Popen([sys.executable, "-m", "tf_gru4rec.cli", "-v", "INFO", "train",
                                 *args, *SCALES[scale]], stdout=subprocess.DEVNULL, stderr=log,
@@ -108,7 +117,7 @@ def _kill_mid_epoch(args, scale, backup) -> tuple[dict, str]:
         while time.time() < deadline:
             assert process.poll() is None, "the run ended before a mid-epoch backup"
             meta = _meta(backup)
-            if meta and meta["epoch"] >= 1 and meta["step"] > 0:
+            if meta and meta["epoch"] >= 1 and (meta["step"] > 0 or scale == OVERLAP):
                 break
             time.sleep(0.02)
         else:
@@ -150,7 +159,7 @@ def whole(data, tmp_path_factory):
     def run(scale):
         if scale not in _WHOLE:
             workdir = tmp_path_factory.mktemp("whole")
-            done = _train(_every_option(data, workdir, "whole"), scale)
+            done = _train(_every_option(data, workdir, "whole", scale), scale)
             _WHOLE[scale] = workdir, done, json.loads(done.stdout)
         return _WHOLE[scale]
 
@@ -186,7 +195,7 @@ def test_every_option_at_every_scale(data, whole, scale, capsys):
         metrics["recall@20"])
     if scale != "one process":
         assert metrics["workers"] == 2 and metrics["replicas"] == 2
-        assert metrics["sync"] == ("block" if scale == BLOCK else "step")
+        assert metrics["sync"] == {BLOCK: "block", OVERLAP: "overlap"}.get(scale, "step")
         digests = metrics["replica_weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert "worker 1 done" in done.stderr and "worker 0" in done.stderr
@@ -212,7 +221,7 @@ def test_a_kill_mid_epoch_then_the_rerun_ends_as_the_uninterrupted_run(data, who
     epoch 2 or 3, then rerun: same weights, metrics, validation history, time counted."""
     workdir, _, metrics = whole(scale)
     records = _lines(workdir / "whole.jsonl")
-    args = _every_option(data, tmp_path, "killed")
+    args = _every_option(data, tmp_path, "killed", scale)
     meta, stderr = _kill_mid_epoch(args, scale, str(tmp_path / "killed-backup"))
     assert not (tmp_path / "killed").exists()
     if scale != "one process":

@@ -38,7 +38,8 @@ class TrainConfig:
     jit_compile: bool = True  # XLA: each block of training steps is one compiled program
     steps_per_execution: int = 50  # steps per block, run in one TensorFlow call
     # Several replicas: "step" sums their gradients every step (one process's maths);
-    # "block" averages their models after each block (tf_gru4rec.training.averaging).
+    # "block" averages their models after each block (tf_gru4rec.training.averaging);
+    # "overlap" as "block", the average travelling while the next block trains.
     sync: str = "step"
     seed: int = 0
     eval_batch_size: int = 0  # 0: sized to keep the slots full (evaluation_steps)

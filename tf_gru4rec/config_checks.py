@@ -70,7 +70,7 @@ CHECKS = {
     "shuffle_sessions": (lambda v: isinstance(v, bool), "true or false"),
     "jit_compile": (lambda v: isinstance(v, bool), "true or false"),
     "steps_per_execution": _integer(1),
-    "sync": _one_of(("step", "block")),
+    "sync": _one_of(("step", "block", "overlap")),
     "seed": _integer(0),
     "eval_batch_size": _integer(0),
     "cutoffs": (_sizes, "cutoffs >= 1, e.g. 1,5,10,20"),
@@ -110,3 +110,15 @@ def check_config(config) -> None:
         from tf_gru4rec.training.build import momentum_refused
 
         raise ValueError(momentum_refused(config.optimizer, config.momentum))
+
+
+def check_backup_every(config, backup_every: int) -> None:
+    """Mid-epoch backups (`backup_every` steps) need a run model that holds the whole state
+    at every block boundary, which `sync="overlap"` does not have."""
+    if backup_every and config.sync == "overlap":
+        raise ValueError(
+            f"--backup-every {backup_every} with sync='overlap': between epoch ends each "
+            "worker's model carries progress that the others receive one block later, which "
+            "a backup of the run's model cannot hold, so a mid-epoch backup could not resume "
+            "exactly; expected backups at epoch ends only (--backup-dir without "
+            "--backup-every), or sync='block'")

@@ -27,6 +27,7 @@ from tf_gru4rec.cli.common import (
     test_log,
     train_config,
 )
+from tf_gru4rec.config_checks import check_backup_every
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -65,12 +66,14 @@ def register(sub) -> None:
                             "each machine instead and run the same command")
     group.add_argument("--mirrored", action="store_true",
                        help="train on all of this host's devices (MirroredStrategy)")
-    group.add_argument("--sync", choices=("step", "block"),
+    group.add_argument("--sync", choices=("step", "block", "overlap"),
                        help="with several workers: 'step' (default) sums their gradients at "
                             "every step, the maths of one process; 'block' lets each worker "
                             "train a block of steps_per_execution steps on its own, then "
-                            "averages their models (local SGD: one exchange per block, "
-                            "README: More than one machine); same as --set sync=...")
+                            "averages their models (local SGD: one exchange per block); "
+                            "'overlap' as 'block', but each worker trains its next block "
+                            "while the average travels and applies it one block late "
+                            "(README: More than one machine); same as --set sync=...")
     add_read_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -127,6 +130,7 @@ def check_options(args, config, cluster) -> None:
     if cluster is not None and args.workers > 1 and cluster[0] != args.workers:
         raise ValueError(f"--workers {args.workers}, but TF_CONFIG lists {cluster[0]} workers; "
                          "expected the same number (or no --workers on a cluster)")
+    check_backup_every(config, args.backup_every)
     n_workers = cluster[0] if cluster else args.workers
     if config.batch_size % n_workers:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {n_workers} "
@@ -197,7 +201,7 @@ def cmd_train(args) -> int:
         metrics.update({"workers": cluster[0] if cluster else 1,
                         "replicas": result.trainer.n_replicas,
                         # how the replicas synchronised (as run, not as asked)
-                        "sync": "block" if result.trainer.averaging is not None else "step",
+                        "sync": result.trainer.sync,
                         "replica_weight_digests": digests})
         if not chief:
             logger.info("worker %d done (weights %s…); the chief writes --out", cluster[1],

@@ -11,15 +11,20 @@ the block (a worker whose sessions have run out contributes nothing); the same a
 carries the loss totals, the GRU states and the steps, so a block costs one collective. One
 block of one step with plain SGD is exactly the step-synchronised update; longer blocks are
 local SGD (the replicas drift apart within a block), with its own accuracy (BENCHMARKS.md).
+With `sync="overlap"` (`OverlappedAveraging`) the all-reduce runs in a thread while the worker
+trains its next block, and the average arrives one block late, together with the worker's own
+progress since ("overlap local SGD"): the exchange is hidden behind the training.
 
 The run's model (`BlockAveraging.model`, B slots: what the callbacks, the backups and the export
 see) holds the averaged weights and optimizer state after every block and the replicas' GRU
 states side by side (replica r's slots are rows r B/R ... (r + 1) B/R), as under `sync="step"`,
-so backups, resume, validation and early stopping work unchanged.
+so backups, resume, validation and early stopping work unchanged (under "overlap": at epoch
+ends, where every replica holds the average; mid-epoch backups are refused).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 
@@ -62,7 +67,6 @@ class BlockAveraging:
         # Dropout: replica r draws the masks of seed state (the run model's) + [r stride, 0];
         # the run model's counter moves BLOCK_DRAWS per block, so a resumed run draws alike.
         self.seeds = list(zip(seed_states(self.local), seed_states(model), strict=True))
-        self._exchange = tf.function(self._exchange_block)
 
     def start_epoch(self) -> None:
         """The local model from the run's model: weights, optimizer state, this replica's
@@ -88,32 +92,40 @@ class BlockAveraging:
         iterator = iter(dataset)
         more, seconds = True, []
         while more:
-            totals, n_steps, more, timing = self.train_block(next(iterator))
-            seconds.append(timing)
+            block = next(iterator)
+            start = time.perf_counter()
+            totals = np.asarray(self.local.train_block(block, block["n_real"]))
+            trained = time.perf_counter()
+            self._next_block_seeds()
+            flat = self._local_flat()
+            summed = self._all_reduce(flat, self._local_states(), block["n_real"],
+                                      block["more"], totals)
+            totals, extent = self._apply(summed, flat)
+            seconds.append((trained - start, time.perf_counter() - trained))
+            n_steps, more = _extent(extent)
             yield n_steps, float(totals[0]), float(totals[1])
+        self._log_timing("sync=block", seconds, "averaging")
+
+    def _log_timing(self, mode: str, seconds: list, what: str) -> None:
         train, exchange = np.median(np.asarray(seconds), axis=0) * 1e3
-        logger.info("sync=block: %d blocks, median %.1f ms training and %.1f ms averaging "
-                    "per block", len(seconds), train, exchange)
+        logger.info("%s: %d blocks, median %.1f ms training and %.1f ms %s per block", mode,
+                    len(seconds), train, exchange, what)
 
-    def train_block(self, block: dict) -> tuple[np.ndarray, int, bool, tuple[float, float]]:
-        """Trains this worker's block, then averages with the others: (loss sum and events
-        [2] of all replicas, the most real steps on any replica, whether any has more,
-        seconds of the training and of the averaging)."""
-        start = time.perf_counter()
-        totals = np.asarray(self.local.train_block(block, block["n_real"]))
-        trained = time.perf_counter()
-        totals, extent = self._exchange(block["n_real"], block["more"], totals)
-        extent = np.asarray(extent)
-        return (np.asarray(totals), int(extent[0]), bool(extent[1]),
-                (trained - start, time.perf_counter() - trained))
+    @tf.function(jit_compile=True)
+    def _local_flat(self):
+        """[n]: this replica's averaged variables, flattened and concatenated (a copy)."""
+        return tf.concat([tf.reshape(mine.value, [-1]) for mine, _ in self.pairs], 0)
 
-    def _exchange_block(self, n_real, more, totals):
+    @tf.function
+    def _local_states(self):
+        return tf.concat([s.value for s in self.local.train_states], axis=1)
+
+    @tf.function
+    def _all_reduce(self, flat, states, n_real, more, totals):
         """One all-reduce (sum) of [steps-weighted values, steps, totals, GRU states, extents]:
         each replica puts its GRU states [B/R, sum H] in its own rows of a zero [B, sum H] and
         its (steps, more) in its own pair of a zero [R, 2], so the sums are every replica's
-        (one collective: each costs a round trip). The results are assigned to both models."""
-        values = [tf.reshape(mine.value, [-1]) for mine, _ in self.pairs]
-        states = tf.concat([s.value for s in self.local.train_states], axis=1)
+        (one collective: each costs a round trip)."""
         n_replicas, local = self.n_replicas, self.local_slots
 
         def exchange(*args):
@@ -130,19 +142,28 @@ class BlockAveraging:
                 [flat * weight, [weight], totals, tf.reshape(rows, [-1]),
                  tf.reshape(mine, [-1])], 0))
 
-        flat = tf.concat(values, 0)
-        summed = self.strategy.experimental_local_results(
+        return self.strategy.experimental_local_results(
             self.strategy.run(exchange, args=(flat, states, n_real, more, totals)))[0]
-        size, n_states = int(flat.shape[0]), n_replicas * local * int(states.shape[1])
+
+    @tf.function(jit_compile=True)
+    def _apply(self, summed, sent):
+        """Assigns the average of an all-reduce of `sent` (this replica's `_local_flat()` when
+        it was sent): the run model gets the mean and the gathered GRU states, the local model
+        the mean plus its own progress since `sent` (none under sync="block"). Returns the
+        (loss sum, events) of all replicas and the extent [2] (most steps, any more)."""
+        size = int(sent.shape[0])
+        n_states = self.n_replicas * self.local_slots * sum(self.model.layer_sizes)
         weight = summed[size]
         # No replica ran a step (all had run out): every copy still holds the last average.
-        mean = tf.where(weight > 0, summed[:size] / tf.maximum(weight, 1.0), flat)
+        mean = tf.where(weight > 0, summed[:size] / tf.maximum(weight, 1.0), sent)
         sizes = [int(np.prod(mine.shape)) for mine, _ in self.pairs]
-        for (mine, theirs), value in zip(self.pairs, tf.split(mean, sizes), strict=True):
+        for (mine, theirs), value, old in zip(self.pairs, tf.split(mean, sizes),
+                                              tf.split(sent, sizes), strict=True):
             value = tf.reshape(value, mine.shape)
-            mine.assign(value)
             theirs.assign(value)
-        gathered = tf.reshape(summed[size + 3:size + 3 + n_states], [n_replicas * local, -1])
+            mine.assign(value + (mine.value - tf.reshape(old, mine.shape)))
+        gathered = tf.reshape(summed[size + 3:size + 3 + n_states],
+                              [self.n_replicas * self.local_slots, -1])
         for variable, value in zip(self.model.train_states,
                                    tf.split(gathered, self.model.layer_sizes, axis=1),
                                    strict=True):
@@ -152,10 +173,59 @@ class BlockAveraging:
         iterations = self.model.optimizer.iterations
         iterations.assign_add(tf.cast(extent[0], iterations.dtype))
         self.local.optimizer.iterations.assign(iterations)
+        return summed[size + 1:size + 3], extent
+
+    def _next_block_seeds(self) -> None:
+        """The run model's dropout counter moves one block on; the replica's seeds follow."""
         for _, theirs in self.seeds:
             theirs.assign_add(tf.constant([0, BLOCK_DRAWS], theirs.dtype))
         self._replica_seeds()
-        return summed[size + 1:size + 3], extent
+
+
+class OverlappedAveraging(BlockAveraging):
+    """`sync="overlap"`: block averaging whose exchange runs while the next block trains.
+
+    After block k the worker sends its model and trains block k + 1 from it at once, without
+    waiting; then the average M_k of the replicas' block-k models arrives, and the worker's
+    model becomes M_k plus its own progress since it sent (block k + 1's): each replica
+    applies the average one block late ("overlap local SGD"). The run model holds M_k. The
+    epoch ends with a block that is empty on every replica (the one after the last real
+    block), whose arrival leaves every replica holding the same average, so epoch ends
+    (validation, backups, the export) see one model, as under `sync="block"`. Between epoch
+    ends the replicas hold their own progress, which a backup of the run model does not carry:
+    mid-epoch backups are refused (`tf_gru4rec.training.run.train`).
+    """
+
+    def __init__(self, strategy, model, local):
+        super().__init__(strategy, model, local)
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, "tf_gru4rec_averaging")
+
+    def train_epoch(self, dataset):
+        self.start_epoch()
+        iterator = iter(dataset)
+        pending, more, seconds = None, True, []
+        while more:
+            block = next(iterator)
+            start = time.perf_counter()
+            totals = np.asarray(self.local.train_block(block, block["n_real"]))
+            trained = time.perf_counter()
+            self._next_block_seeds()
+            if pending is not None:  # the previous block's average, applied one block late
+                future, sent = pending
+                summed_totals, extent = self._apply(future.result(), sent)
+                n_steps, more = _extent(extent)
+                yield n_steps, float(summed_totals[0]), float(summed_totals[1])
+            if more:
+                flat = self._local_flat()
+                pending = (self._sender.submit(self._all_reduce, flat, self._local_states(),
+                                               block["n_real"], block["more"], totals), flat)
+            seconds.append((trained - start, time.perf_counter() - trained))
+        self._log_timing("sync=overlap", seconds, "waiting for the average")
+
+
+def _extent(extent) -> tuple[int, bool]:
+    extent = np.asarray(extent)
+    return int(extent[0]), bool(extent[1])
 
 
 def averaged_variables(model) -> list:

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
 from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
-from tf_gru4rec.training.averaging import BlockAveraging
+from tf_gru4rec.training.averaging import BlockAveraging, OverlappedAveraging
 from tf_gru4rec.training.workers import thread_count  # noqa: F401  (its former home)
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,18 @@ def run_model(config: TrainConfig, source: TrainingSource, model=None, copy: boo
     return compile_model(model, config)
 
 
+def model_averaging(config: TrainConfig, source: TrainingSource, strategy, model=None):
+    """`BlockAveraging` (sync="block") or `OverlappedAveraging` ("overlap") of a new run model
+    (or a copy of `model`) and this worker's local copy of it with B / R slots."""
+    model = run_model(config, source, model, copy=model is not None)
+    model.optimizer.build(model.trainable_variables)
+    local = run_model(config.replace(batch_size=config.batch_size // strategy.num_replicas_in_sync),
+                      source, model, copy=True)
+    local.optimizer.build(local.trainable_variables)
+    averaging = OverlappedAveraging if config.sync == "overlap" else BlockAveraging
+    return averaging(strategy, model, local)
+
+
 class DistributedTrainer:
     """Builds the model under `strategy` and trains it on `source`, block by block (module
     docstring); `tf_gru4rec.training.loop.TrainingLoop` runs the epochs and the callbacks.
@@ -129,15 +141,12 @@ class DistributedTrainer:
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
         self.averaging = None
-        if self.n_replicas == 1 and config.sync == "block":
-            logger.info("sync='block' changes nothing on one replica (nothing to average)")
-        if self.n_replicas > 1 and config.sync == "block":  # one model per worker, no scope
-            self.model = run_model(config, source, model, copy=model is not None)
-            self.model.optimizer.build(self.model.trainable_variables)
-            local = run_model(config.replace(batch_size=config.batch_size // self.n_replicas),
-                              source, self.model, copy=True)
-            local.optimizer.build(local.trainable_variables)
-            self.averaging = BlockAveraging(strategy, self.model, local)
+        if self.n_replicas == 1 and config.sync != "step":
+            logger.info("sync=%r changes nothing on one replica (nothing to average)",
+                        config.sync)
+        if self.n_replicas > 1 and config.sync != "step":  # one model per worker, no scope
+            self.averaging = model_averaging(config, source, strategy, model)
+            self.model = self.averaging.model
         else:
             with strategy.scope():
                 self.model = run_model(config, source, model, copy=self.n_replicas > 1)
@@ -151,6 +160,11 @@ class DistributedTrainer:
             # One step's forward and backward pass as one XLA program (no collective inside).
             self._forward_backward = tf.function(self.model.forward_backward,
                                                  jit_compile=config.jit_compile)
+
+    @property
+    def sync(self) -> str:
+        """As run: "step" (one replica too), "block" or "overlap"."""
+        return "step" if self.averaging is None else self.config.sync
 
     # ------------------------------------------------------------------ one block
     def _replica_extent(self, block):
@@ -243,7 +257,7 @@ class DistributedTrainer:
     def train_epoch(self, epoch: int, skip_blocks: int = 0):
         """Trains epoch `epoch` from block `skip_blocks` on; yields (steps, loss sum, events)
         of each block once it is trained (events: of all replicas together)."""
-        if self.averaging is not None:  # sync="block": this worker's own stream
+        if self.averaging is not None:  # sync="block" or "overlap": this worker's stream
             stream = self._streams((self.averaging.replica,))[0]
             yield from self.averaging.train_epoch(stream.dataset(epoch, skip_blocks))
             return

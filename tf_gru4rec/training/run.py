@@ -10,6 +10,7 @@ import time
 import keras
 
 from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.config_checks import check_backup_every
 from tf_gru4rec.data.distributed_input import TrainingSource
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.nn.model import GRU4Rec
@@ -58,6 +59,7 @@ def train(config: TrainConfig, log: SessionLog | TrainingSource, callbacks=(), v
     `strategy`: a `tf.distribute` strategy (None: one process, one device); `chief`: this
     worker writes the backups (every worker restores them, from storage they share).
     """
+    check_backup_every(config, backup_every)
     keras.utils.set_random_seed(config.seed)
     source = log if isinstance(log, TrainingSource) else TrainingSource(log=log)
     trainer = DistributedTrainer(config, source, strategy, model=model)
