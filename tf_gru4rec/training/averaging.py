@@ -196,11 +196,14 @@ class OverlappedAveraging(BlockAveraging):
     mid-epoch backups are refused (`tf_gru4rec.training.run.train`).
     """
 
-    def __init__(self, strategy, model, local):
-        super().__init__(strategy, model, local)
-        self._sender = concurrent.futures.ThreadPoolExecutor(1, "tf_gru4rec_averaging")
-
     def train_epoch(self, dataset):
+        sender = concurrent.futures.ThreadPoolExecutor(1, "tf_gru4rec_averaging")
+        try:
+            yield from self._train_epoch(dataset, sender)
+        finally:  # no thread left behind; a pending all-reduce that failed is not waited for
+            sender.shutdown(wait=False, cancel_futures=True)
+
+    def _train_epoch(self, dataset, sender):
         self.start_epoch()
         iterator = iter(dataset)
         pending, more, seconds = None, True, []
@@ -210,16 +213,18 @@ class OverlappedAveraging(BlockAveraging):
             totals = np.asarray(self.local.train_block(block, block["n_real"]))
             trained = time.perf_counter()
             self._next_block_seeds()
+            done = None
             if pending is not None:  # the previous block's average, applied one block late
                 future, sent = pending
-                summed_totals, extent = self._apply(future.result(), sent)
+                done, extent = self._apply(future.result(), sent)
                 n_steps, more = _extent(extent)
-                yield n_steps, float(summed_totals[0]), float(summed_totals[1])
-            if more:
+            if more:  # sent now: it travels during the callbacks and the next block
                 flat = self._local_flat()
-                pending = (self._sender.submit(self._all_reduce, flat, self._local_states(),
-                                               block["n_real"], block["more"], totals), flat)
+                pending = (sender.submit(self._all_reduce, flat, self._local_states(),
+                                         block["n_real"], block["more"], totals), flat)
             seconds.append((trained - start, time.perf_counter() - trained))
+            if done is not None:
+                yield n_steps, float(done[0]), float(done[1])
         self._log_timing("sync=overlap", seconds, "waiting for the average")
 
 
