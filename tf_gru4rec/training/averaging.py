@@ -45,10 +45,12 @@ class BlockAveraging:
       local: this worker's built and compiled copy of it with B / R slots, optimizer built.
     """
 
+    mode = "block"
+
     def __init__(self, strategy: tf.distribute.Strategy, model, local):
         if len(strategy.extended.worker_devices) != 1:
             raise ValueError(
-                f"sync='block' keeps one model copy per process, but this strategy has "
+                f"sync={self.mode!r} keeps one model copy per process, but this strategy has "
                 f"{len(strategy.extended.worker_devices)} replicas in one process (--mirrored "
                 "on several devices); expected one device per worker: use --workers N or "
                 "TF_CONFIG, or sync='step'")
@@ -104,12 +106,12 @@ class BlockAveraging:
             seconds.append((trained - start, time.perf_counter() - trained))
             n_steps, more = _extent(extent)
             yield n_steps, float(totals[0]), float(totals[1])
-        self._log_timing("sync=block", seconds, "averaging")
+        self._log_timing(seconds, "averaging")
 
-    def _log_timing(self, mode: str, seconds: list, what: str) -> None:
+    def _log_timing(self, seconds: list, what: str) -> None:
         train, exchange = np.median(np.asarray(seconds), axis=0) * 1e3
-        logger.info("%s: %d blocks, median %.1f ms training and %.1f ms %s per block", mode,
-                    len(seconds), train, exchange, what)
+        logger.info("sync=%s: %d blocks, median %.1f ms training and %.1f ms %s per block",
+                    self.mode, len(seconds), train, exchange, what)
 
     @tf.function(jit_compile=True)
     def _local_flat(self):
@@ -193,8 +195,10 @@ class OverlappedAveraging(BlockAveraging):
     block), whose arrival leaves every replica holding the same average, so epoch ends
     (validation, backups, the export) see one model, as under `sync="block"`. Between epoch
     ends the replicas hold their own progress, which a backup of the run model does not carry:
-    mid-epoch backups are refused (`tf_gru4rec.training.run.train`).
+    mid-epoch backups are refused (`tf_gru4rec.config_checks.check_backup_every`).
     """
+
+    mode = "overlap"
 
     def train_epoch(self, dataset):
         sender = concurrent.futures.ThreadPoolExecutor(1, "tf_gru4rec_averaging")
@@ -225,7 +229,7 @@ class OverlappedAveraging(BlockAveraging):
             seconds.append((trained - start, time.perf_counter() - trained))
             if done is not None:
                 yield n_steps, float(done[0]), float(done[1])
-        self._log_timing("sync=overlap", seconds, "waiting for the average")
+        self._log_timing(seconds, "waiting for the average")
 
 
 def _extent(extent) -> tuple[int, bool]:
