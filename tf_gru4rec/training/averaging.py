@@ -90,23 +90,31 @@ class BlockAveraging:
         """Trains this worker's blocks of an epoch (`dataset`: its stream's, from the first
         block to train); yields (steps, loss sum, events) of each block once averaged (the most
         real steps on any replica; loss and events of all replicas together)."""
-        self.start_epoch()
-        iterator = iter(dataset)
-        more, seconds = True, []
-        while more:
-            block = next(iterator)
-            start = time.perf_counter()
-            totals = np.asarray(self.local.train_block(block, block["n_real"]))
+        seconds = []
+        for block, totals, training in self._local_blocks(dataset):
             trained = time.perf_counter()
-            self._next_block_seeds()
             flat = self._local_flat()
             summed = self._all_reduce(flat, self._local_states(), block["n_real"],
                                       block["more"], totals)
             totals, extent = self._apply(summed, flat)
-            seconds.append((trained - start, time.perf_counter() - trained))
+            seconds.append((training, time.perf_counter() - trained))
             n_steps, more = _extent(extent)
             yield n_steps, float(totals[0]), float(totals[1])
+            if not more:
+                break
         self._log_timing(seconds, "averaging")
+
+    def _local_blocks(self, dataset):
+        """Starts the epoch, then trains this worker's blocks (`dataset`: endless, empty blocks
+        after the real ones) on its own model, one per step of the iteration: yields (the
+        block, its loss sum and events [2] on this replica, seconds of training)."""
+        self.start_epoch()
+        for block in dataset:
+            start = time.perf_counter()
+            totals = np.asarray(self.local.train_block(block, block["n_real"]))
+            training = time.perf_counter() - start
+            self._next_block_seeds()
+            yield block, totals, training
 
     def _log_timing(self, seconds: list, what: str) -> None:
         train, exchange = np.median(np.asarray(seconds), axis=0) * 1e3
@@ -208,15 +216,9 @@ class OverlappedAveraging(BlockAveraging):
             sender.shutdown(wait=False, cancel_futures=True)
 
     def _train_epoch(self, dataset, sender):
-        self.start_epoch()
-        iterator = iter(dataset)
         pending, more, seconds = None, True, []
-        while more:
-            block = next(iterator)
-            start = time.perf_counter()
-            totals = np.asarray(self.local.train_block(block, block["n_real"]))
+        for block, totals, training in self._local_blocks(dataset):
             trained = time.perf_counter()
-            self._next_block_seeds()
             done = None
             if pending is not None:  # the previous block's average, applied one block late
                 future, sent = pending
@@ -226,9 +228,11 @@ class OverlappedAveraging(BlockAveraging):
                 flat = self._local_flat()
                 pending = (sender.submit(self._all_reduce, flat, self._local_states(),
                                          block["n_real"], block["more"], totals), flat)
-            seconds.append((trained - start, time.perf_counter() - trained))
+            seconds.append((training, time.perf_counter() - trained))
             if done is not None:
                 yield n_steps, float(done[0]), float(done[1])
+            if not more:
+                break
         self._log_timing(seconds, "waiting for the average")
 
 
