@@ -287,10 +287,10 @@ def test_two_workers_with_every_option_equal_two_devices_of_one_process(data, wh
     same sessions, negatives and dropout seeds per replica, so every option gives the same
     weights, validation history and metrics."""
     workdir, _, workers = whole("2 workers")
+    args = _every_option(data, tmp_path, "d", "2 workers")
     runner = subprocess.run([sys.executable, os.path.join(HERE, "distributed_runner.py"), "cli",
-                             "-v", "WARNING", "train", *_every_option(data, tmp_path, "d"),
-                             "--mirrored"], capture_output=True, text=True, timeout=300,
-                            env=_env())
+                             "-v", "WARNING", "train", *args, "--mirrored"],
+                            capture_output=True, text=True, timeout=300, env=_env())
     assert runner.returncode == 0, runner.stderr[-3000:]
     devices = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert devices["replicas"] == 2 and devices["workers"] == 1
