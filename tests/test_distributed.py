@@ -248,8 +248,7 @@ def test_custom_loop_on_one_shard_trains_as_fit_on_its_log(small_logs, tmp_path)
 def test_two_workers_train_on_uneven_shards(small_logs, tmp_path, sync):
     """3 shards for 2 workers: worker 0 reads shards 0 and 2, worker 1 shard 1, so worker 1
     runs out first and pads (under sync=block and overlap its empty blocks weigh nothing in
-    the average);
-    both still end identical, and every event is trained on."""
+    the average); both still end identical, and every event is trained on."""
     from tf_gru4rec.data.shards import ShardSet
 
     train_dir = _shards(small_logs[0], tmp_path / "sh", 1500)

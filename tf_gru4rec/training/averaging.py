@@ -185,6 +185,7 @@ class BlockAveraging:
         self.local.optimizer.iterations.assign(iterations)
         return summed[size + 1:size + 3], extent
 
+    @tf.function
     def _next_block_seeds(self) -> None:
         """The run model's dropout counter moves one block on; the replica's seeds follow."""
         for _, theirs in self.seeds:

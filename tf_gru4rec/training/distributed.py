@@ -164,7 +164,7 @@ class DistributedTrainer:
     @property
     def sync(self) -> str:
         """As run: "step" (one replica too), "block" or "overlap"."""
-        return "step" if self.averaging is None else self.config.sync
+        return "step" if self.averaging is None else self.averaging.mode
 
     # ------------------------------------------------------------------ one block
     def _replica_extent(self, block):
