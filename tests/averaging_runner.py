@@ -7,7 +7,10 @@ The replay: two plain models of B / 2 slots each train their replica's blocks wi
 `train_block` (fit's program). "block": after every block their weights and optimizer
 accumulators and momentums are replaced by the mean of both, weighted by the real steps each
 ran. "overlap": each replica keeps training, and after the next block becomes that mean (of
-the values both had after the block before) plus its own change since.
+the values both had after the block before) plus its own change since. Dropout is on: replica
+r draws block k's masks (k counted over the whole run) from the run model's initial seed
+state + [r SEED_STRIDE, k BLOCK_DRAWS], so consecutive blocks and the two replicas draw
+different masks.
 """
 
 import json
@@ -33,13 +36,17 @@ def train_and_replay(strategy, mode: str) -> dict:
 
     from tf_gru4rec.data.distributed_input import TrainingSource
     from tf_gru4rec.training import build_model
+    from tf_gru4rec.training.averaging import BLOCK_DRAWS, SEED_STRIDE, seed_states
     from tf_gru4rec.training.distributed import DistributedTrainer, replica_streams
 
-    log, config = replay_log_and_config(n_epochs=2, sync=mode)
+    log, config = replay_log_and_config(n_epochs=2, sync=mode, dropout_p_hidden=0.25,
+                                        dropout_p_embed=0.1)
     keras.utils.set_random_seed(config.seed)
     source = TrainingSource(log=log)
     trainer = DistributedTrainer(config, source, strategy)
     initial = [np.asarray(v.value) for v in trainer.model.trainable_variables]
+    initial_seeds = [np.asarray(v.value) for v in seed_states(trainer.model)]
+    assert initial_seeds, "the replay needs dropout"
     history = trainer.fit()
     digests = trainer.gathered_digests()
     if strategy.cluster_resolver.task_id != 0:
@@ -62,8 +69,14 @@ def train_and_replay(strategy, mode: str) -> dict:
             return None
         return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
 
+    def block_seeds(block_index):
+        for replica, model in enumerate(replicas):
+            for variable, seed in zip(seed_states(model), initial_seeds, strict=True):
+                offset = np.array([replica * SEED_STRIDE, block_index * BLOCK_DRAWS])
+                variable.assign((seed + offset).astype(seed.dtype))
+
     streams = replica_streams(source, config, [0, 1], 2)
-    losses, steps, drift = [], [], 0.0
+    losses, steps, drift, block_index = [], [], 0.0, 0
     for epoch in range(config.n_epochs):
         iterators = [iter(stream.dataset(epoch)) for stream in streams]
         loss_sum = n_events = n_steps = 0.0
@@ -72,6 +85,8 @@ def train_and_replay(strategy, mode: str) -> dict:
             blocks = [next(it) for it in iterators]
             weights = [int(b["n_real"]) for b in blocks]
             more = any(bool(b["more"]) for b in blocks)
+            block_seeds(block_index)
+            block_index += 1
             for model, block in zip(replicas, blocks, strict=True):
                 totals = np.asarray(model.train_block(block, block["n_real"]))
                 loss_sum, n_events = loss_sum + totals[0], n_events + totals[1]

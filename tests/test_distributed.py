@@ -170,7 +170,9 @@ def test_block_and_overlap_sync_on_two_workers_equal_by_hand_replays_of_local_sg
     program), and the replicas take the steps-weighted mean of their weights and optimizer
     state, after each block ("block") or one block late, plus each replica's own progress
     since ("overlap"); every replica ends identical, the loss and steps reported are both
-    replicas'."""
+    replicas'. Dropout is on, and the replay draws each block's masks from its own seed
+    (the run's, moved one block on per block, offset per replica): a worker that reused one
+    block's masks, or shared them with the other replica, would end elsewhere."""
     from tf_gru4rec.training.workers import local_cluster
 
     env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
