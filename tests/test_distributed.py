@@ -103,15 +103,23 @@ def test_one_replica_stream_gives_the_single_process_steps_and_negatives(synthet
     single = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
                                   sample_alpha=config.sample_alpha, shuffle_sessions=True,
                                   seed=config.seed, steps_per_block=config.steps_per_execution)
-    single.epoch = 1
-    expected = list(single.dataset(blocks=True).as_numpy_iterator())
     stream = replica_streams(TrainingSource(log=log), config, [0], 1)[0]
-    got = iter(stream.dataset(1))
-    for block in expected:
-        mine = next(got)
-        n = len(block["inputs"])
-        for key in ("inputs", "targets", "reset", "valid", "negatives"):
-            np.testing.assert_array_equal(mine[key].numpy()[:n], block[key], err_msg=key)
+    firsts = []
+    # One dataset object serves every epoch (built once): each call sets the epoch, and a
+    # resumed epoch (skip_blocks) starts further on.
+    for epoch, skip in ((1, 0), (0, 0), (2, 1), (1, 0)):
+        single.epoch = epoch
+        expected = list(single.dataset(blocks=True).as_numpy_iterator())[skip:]
+        dataset = stream.dataset(epoch, skip_blocks=skip)
+        assert dataset is stream.dataset(epoch, skip_blocks=skip)
+        got = iter(dataset)
+        for block in expected:
+            mine = next(got)
+            n = len(block["inputs"])
+            for key in ("inputs", "targets", "reset", "valid", "negatives"):
+                np.testing.assert_array_equal(mine[key].numpy()[:n], block[key], err_msg=key)
+        firsts.append(expected[0]["inputs"])
+    assert not np.array_equal(firsts[0], firsts[1])  # the epochs differ (shuffled)
 
 
 def test_replicas_draw_different_negatives(synthetic_log):
