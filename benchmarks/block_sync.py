@@ -23,6 +23,10 @@ the runs of one seed one after another) in these settings, same preset, files an
                           cores / 2 intra-op threads as a local worker has: what one process
                           gets while another shares the host, no exchange (the ceiling of a
                           worker here; with --control).
+With --one-core-each every process is pinned to one core (`taskset`) with one intra-op
+thread, as on a cluster of one-core machines: "1 process" is `fit`'s program on one core (one
+device), the 2 workers are started as a cluster is (`TF_CONFIG`, one process per core, not
+`--workers 2`), and the control's two runs take a core each.
 Reported: Recall@20 and MRR@20 on the test file, training events/s (all workers together, as
 the chief reports it: training time, tracing and the first epoch included), per worker
 against the one process of the same seed; the steady events/s (the median over the epochs
@@ -79,30 +83,59 @@ def settings(batch_size: int, with_step: bool) -> list[tuple[str, list[str]]]:
 
 
 def run_pair(train: str, test: str, preset: str, overrides: dict, epochs: int,
-             seed: int) -> dict:
-    """Two one-process runs at once (threads wait on their processes); their events/s summed,
-    the first's accuracy."""
+             seed: int, one_core_each: bool = False) -> dict:
+    """Two one-process runs at once (threads wait on their processes; with `one_core_each`
+    run r on core r alone); their events/s summed, the first's accuracy."""
     from concurrent.futures import ThreadPoolExecutor
 
     threads = {"TF_NUM_INTRAOP_THREADS": str(max(1, len(os.sched_getaffinity(0)) // 2))}
     with ThreadPoolExecutor(2) as pool:
-        rows = list(pool.map(lambda _: run_train(train, test, preset, overrides, epochs, seed,
-                                                 [], threads), range(2)))
+        rows = list(pool.map(lambda r: run_train(
+            train, test, preset, overrides, epochs, seed, [], threads,
+            core=r if one_core_each else None), range(2)))
     return {**rows[0], "replicas": 2, "train_events_per_second":
             sum(r["train_events_per_second"] for r in rows),
             "each_events_per_second": [r["train_events_per_second"] for r in rows],
             "steady_events_per_second": sum(r["steady_events_per_second"] for r in rows)}
 
 
+def pinned(core: int | None) -> tuple[list[str], dict]:
+    """(command prefix, environment) of a process on `core` alone with one intra-op thread
+    (nothing for None)."""
+    if core is None:
+        return [], {}
+    return ["taskset", "-c", str(core)], {"TF_NUM_INTRAOP_THREADS": "1"}
+
+
 def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, seed: int,
-              extra: list[str], env: dict | None = None) -> dict:
-    """`tf-gru4rec train` in a fresh process; the fields of its metrics.json used here."""
+              extra: list[str], env: dict | None = None, core: int | None = None,
+              cluster: int = 0) -> dict:
+    """`tf-gru4rec train` in a fresh process (on `core` alone when given), or with `cluster`
+    > 0 as that many workers started as on a cluster (`TF_CONFIG`, worker r on core r); the
+    fields of the (chief's) metrics.json used here."""
+    from tf_gru4rec.training.workers import local_cluster
+
     with tempfile.TemporaryDirectory() as tmp:
         cmd = train_command(train, test, os.path.join(tmp, "model"), preset, overrides, epochs,
                             seed, log_level="INFO")  # INFO: the sync=block split per block
+        base = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
         start = time.perf_counter()
-        done = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": REPO, **(env or {})})
+        if cluster:
+            processes = []
+            for index, config in enumerate(local_cluster(cluster)):
+                prefix, pin = pinned(index)
+                processes.append(subprocess.Popen(
+                    [*prefix, *cmd, *extra], cwd=REPO, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True,
+                    env={**base, **pin, "TF_CONFIG": json.dumps(config)}))
+            outputs = [p.communicate() for p in processes]
+            code = max(abs(p.returncode) for p in processes)
+            done = subprocess.CompletedProcess(cmd, code, outputs[0][0],
+                                               "".join(err for _, err in outputs))
+        else:
+            prefix, pin = pinned(core)
+            done = subprocess.run([*prefix, *cmd, *extra], cwd=REPO, capture_output=True,
+                                  text=True, env={**base, **pin})
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd + extra)}:\n{done.stderr[-3000:]}")
         with open(os.path.join(tmp, "model", "metrics.json")) as f:
@@ -170,6 +203,9 @@ def main() -> None:
                         help="also run `--workers 2` with sync=step (slow: ~0.1x)")
     parser.add_argument("--control", action="store_true",
                         help="also run two one-process trainings at once (no exchange)")
+    parser.add_argument("--one-core-each", action="store_true",
+                        help="every process on one core of its own, one intra-op thread; the "
+                             "workers started as a cluster (TF_CONFIG), not --workers 2")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
                         help="only these settings (by label; '1 process' always runs)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
@@ -195,8 +231,16 @@ def main() -> None:
             if args.only:  # the one process always runs: the ratios' base
                 runs = [r for r in runs if r[0] == "1 process" or r[0] in args.only]
             for label, extra in runs:
-                row = (run_pair(train, test, preset, overrides, epochs, seed) if extra is None
-                       else run_train(train, test, preset, overrides, epochs, seed, extra))
+                if extra is None:
+                    row = run_pair(train, test, preset, overrides, epochs, seed,
+                                   args.one_core_each)
+                elif args.one_core_each:
+                    workers = extra[:2] == ["--workers", "2"]
+                    row = run_train(train, test, preset, overrides, epochs, seed,
+                                    extra[2:] if workers else extra, core=0,
+                                    cluster=2 if workers else 0)
+                else:
+                    row = run_train(train, test, preset, overrides, epochs, seed, extra)
                 base = base or row
                 per_worker = row["train_events_per_second"] / (row["replicas"] or 1)
                 steady = row["steady_events_per_second"] / (row["replicas"] or 1)
