@@ -12,6 +12,7 @@ LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 FINAL_ACTIVATIONS = (None, "linear", "tanh", "elu")
 GRU_CELLS = ("reset-after", "reset-before")
 TIE_MODES = ("standard", "conservative", "median")
+SYNC_MODES = ("step", "block", "overlap")  # TrainConfig.sync, `train --sync`
 _ADAGRADM = ("adagradm", "adagrad-momentum")
 
 
@@ -70,7 +71,7 @@ CHECKS = {
     "shuffle_sessions": (lambda v: isinstance(v, bool), "true or false"),
     "jit_compile": (lambda v: isinstance(v, bool), "true or false"),
     "steps_per_execution": _integer(1),
-    "sync": _one_of(("step", "block", "overlap")),
+    "sync": _one_of(SYNC_MODES),
     "seed": _integer(0),
     "eval_batch_size": _integer(0),
     "cutoffs": (_sizes, "cutoffs >= 1, e.g. 1,5,10,20"),

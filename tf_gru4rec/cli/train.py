@@ -27,7 +27,7 @@ from tf_gru4rec.cli.common import (
     test_log,
     train_config,
 )
-from tf_gru4rec.config_checks import check_backup_every
+from tf_gru4rec.config_checks import SYNC_MODES, check_backup_every
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -66,7 +66,7 @@ def register(sub) -> None:
                             "each machine instead and run the same command")
     group.add_argument("--mirrored", action="store_true",
                        help="train on all of this host's devices (MirroredStrategy)")
-    group.add_argument("--sync", choices=("step", "block", "overlap"),
+    group.add_argument("--sync", choices=SYNC_MODES,
                        help="with several workers: 'step' (default) sums their gradients at "
                             "every step, the maths of one process; 'block' lets each worker "
                             "train a block of steps_per_execution steps on its own, then "
