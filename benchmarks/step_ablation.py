@@ -1,0 +1,163 @@
+"""What each part of the training step costs: variants of the step, alternating in one process.
+
+    python benchmarks/step_ablation.py [--preset rsc15-xe] [--isa native|avx2] [--rounds 5] \
+        [--data ../shared/data/rsc15_100k] [--out benchmarks/results/step_ablation.json]
+
+One fresh process (capped at `--isa`, `benchmarks/isa.py`) builds one model per variant, trains
+each one epoch to compile it, then runs one `fit` epoch of each variant in turn, `--rounds`
+times, and reports the median microseconds per step of each. Alternating in one process keeps
+the machine's drift out of the comparison (separate processes on this VM differ by up to 1.5x).
+Variants:
+  - "as trained": the real step;
+  - "item table not updated": the item table's gradient rows are still computed and summed
+    into a table, but AdagradM's three passes over the item table (accumulator, momentum,
+    weights) are skipped. A diagnostic, not a training mode (the maths is wrong): the step time
+    a free item-table update would give, the bound on what a faster update can save;
+  - "no momentum": `momentum=0`, one of those passes fewer (other maths: for scale only);
+  - "input in memory": the real step fed from the epoch's blocks held in memory instead of the
+    live `tf.data` pipeline (session-parallel steps and negative sampling): what the input costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
+from run import TRAIN_FILE, machine, read_rsc15  # noqa: E402  (no TensorFlow)
+
+VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory")
+
+
+def _skipping_optimizer(config):
+    """AdagradM that sums the item tables' gradient rows (the item embedding and the item
+    bias) but skips their three passes."""
+    import tensorflow as tf
+
+    from tf_gru4rec.nn.optimizers import AdagradM
+
+    class ItemTableNotUpdated(AdagradM):
+        def _masked_dense_update(self, gradient, variable, acc, mom, lr):
+            grad = tf.math.unsorted_segment_sum(gradient.values, gradient.indices,
+                                                variable.shape[0])
+            # Keep the summed gradient alive (else XLA drops its computation) at the cost of
+            # one row: the first row gets 0 * its gradient.
+            padding = [[0, variable.shape[0] - 1]] + [[0, 0]] * (len(variable.shape) - 1)
+            self.assign_add(variable, tf.pad(grad[:1] * 0.0, padding))
+
+    return ItemTableNotUpdated(learning_rate=config.learning_rate, momentum=config.momentum)
+
+
+def _variant(name: str, config, log):
+    """(model, input source, dataset) of variant `name`."""
+    import keras
+    import tensorflow as tf
+
+    from tf_gru4rec.data.input_pipeline import SessionParallelInput
+    from tf_gru4rec.training import build_model
+
+    keras.utils.set_random_seed(0)
+    if name == "no momentum":
+        config = config.with_overrides({"momentum": 0.0})
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  sample_alpha=config.sample_alpha,
+                                  steps_per_block=config.steps_per_execution)
+    model = build_model(config, log.n_items, log.item_support())
+    if name == "item table not updated":
+        model.compile(optimizer=_skipping_optimizer(config),
+                      step_compilation="full" if config.jit_compile else None)
+    dataset = source.dataset(blocks=True)
+    if name == "input in memory":
+        blocks = list(dataset)  # epoch 0's blocks
+        spec = {key: tf.TensorSpec([None, *value.shape[1:]], value.dtype)
+                for key, value in blocks[0].items()}
+        dataset = tf.data.Dataset.from_generator(lambda: iter(blocks),
+                                                 output_signature=spec).prefetch(2)
+    return model, source, dataset
+
+
+def child(args) -> dict:
+    import tensorflow as tf  # noqa: F401  (before capping YNNPACK)
+
+    isa_info = isa_cap.apply_in_child()
+    import keras
+
+    from tf_gru4rec.config import load_preset
+
+    config = load_preset(args.preset)
+    log, _ = read_rsc15(args.data)
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    variants = {name: _variant(name, config, log) for name in VARIANTS}
+    for model, source, dataset in variants.values():  # compile; epoch 0 for every variant
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[source.callback()])
+    steps = variants["as trained"][1].steps_per_epoch(0)
+    timer, us = EpochTimer(), {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name, (model, _, dataset) in variants.items():
+            model.fit(dataset, epochs=1, verbose=0, callbacks=[timer])
+            us[name].append(timer.seconds * 1e6 / steps)
+    return {"preset": args.preset, "isa": args.isa, **isa_info, "steps_per_epoch": steps,
+            "us_per_step": us,
+            "median_us_per_step": {name: statistics.median(v) for name, v in us.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="rsc15-xe")
+    parser.add_argument("--isa", choices=isa_cap.ISAS, default="native")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--data", default=os.environ.get(
+        "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "step_ablation.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.stdout.write("RESULT " + json.dumps(child(args)) + "\n")
+        return
+    if not os.path.exists(os.path.join(args.data, TRAIN_FILE)):
+        sys.exit(f"{os.path.join(args.data, TRAIN_FILE)} not found: give --data")
+    env = isa_cap.environment(args.isa, dict(os.environ, PYTHONPATH=REPO), "ours")
+    proc = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env,
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        sys.exit(proc.stderr[-3000:])
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                   "affinity": sorted(os.sched_getaffinity(0)),
+                   "command": " ".join(sys.argv)})
+    records = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            records = json.load(f)
+    records.append(result)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(records, f, indent=2)
+    base = result["median_us_per_step"]["as trained"]
+    print(f"{args.preset} ({args.isa}, cores {result['affinity']}), median of "
+          f"{args.rounds} alternating epochs:")
+    for name, us in result["median_us_per_step"].items():
+        print(f"  {name:24s} {us:7.0f} us/step ({us / base:.2f}x), "
+              f"epochs: {' / '.join(f'{v:.0f}' for v in result['us_per_step'][name])}")
+
+
+if __name__ == "__main__":
+    main()
