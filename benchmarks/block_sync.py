@@ -23,10 +23,11 @@ the runs of one seed one after another) in these settings, same preset, files an
                           cores / 2 intra-op threads as a local worker has: what one process
                           gets while another shares the host, no exchange (the ceiling of a
                           worker here; with --control).
-With --one-core-each every process is pinned to one core (`taskset`) with one intra-op
-thread, as on a cluster of one-core machines: "1 process" is `fit`'s program on one core (one
-device), the 2 workers are started as a cluster is (`TF_CONFIG`, one process per core, not
-`--workers 2`), and the control's two runs take a core each.
+With --cores-each N every process is pinned to N cores of its own (`taskset`) with N
+intra-op threads, as on a cluster of N-core machines: "1 process" is `fit`'s program on N cores
+(one device), the 2 workers are started as a cluster is (`TF_CONFIG`, worker r on cores
+r N ... (r + 1) N - 1, not `--workers 2`), and the control's two runs take N cores each. It
+needs 2 N cores (this 2-core VM runs N = 1; `--one-core-each` is `--cores-each 1`).
 Reported: Recall@20 and MRR@20 on the test file, training events/s (all workers together, as
 the chief reports it: training time, tracing and the first epoch included), per worker
 against the one process of the same seed; the steady events/s (the median over the epochs
@@ -83,36 +84,43 @@ def settings(batch_size: int, with_step: bool) -> list[tuple[str, list[str]]]:
 
 
 def run_pair(train: str, test: str, preset: str, overrides: dict, epochs: int,
-             seed: int, one_core_each: bool = False) -> dict:
-    """Two one-process runs at once (threads wait on their processes; with `one_core_each`
-    run r on core r alone); their events/s summed, the first's accuracy."""
+             seed: int, cores_each: int = 0) -> dict:
+    """Two one-process runs at once (threads wait on their processes; with `cores_each`
+    run r on cores of its own, `cores(r, cores_each)`); their events/s summed, the first's
+    accuracy."""
     from concurrent.futures import ThreadPoolExecutor
 
     threads = {"TF_NUM_INTRAOP_THREADS": str(max(1, len(os.sched_getaffinity(0)) // 2))}
     with ThreadPoolExecutor(2) as pool:
         rows = list(pool.map(lambda r: run_train(
             train, test, preset, overrides, epochs, seed, [], threads,
-            core=r if one_core_each else None), range(2)))
+            core=cores(r, cores_each) if cores_each else None), range(2)))
     return {**rows[0], "replicas": 2, "train_events_per_second":
             sum(r["train_events_per_second"] for r in rows),
             "each_events_per_second": [r["train_events_per_second"] for r in rows],
             "steady_events_per_second": sum(r["steady_events_per_second"] for r in rows)}
 
 
-def pinned(core: int | None) -> tuple[list[str], dict]:
-    """(command prefix, environment) of a process on `core` alone with one intra-op thread
-    (nothing for None)."""
+def cores(index: int, cores_each: int) -> list[int]:
+    """The cores of process `index` when every process has `cores_each` of its own."""
+    return list(range(index * cores_each, (index + 1) * cores_each))
+
+
+def pinned(core: list[int] | None) -> tuple[list[str], dict]:
+    """(command prefix, environment) of a process on the cores `core` alone, with as many
+    intra-op threads (nothing for None)."""
     if core is None:
         return [], {}
-    return ["taskset", "-c", str(core)], {"TF_NUM_INTRAOP_THREADS": "1"}
+    return (["taskset", "-c", ",".join(map(str, core))],
+            {"TF_NUM_INTRAOP_THREADS": str(len(core))})
 
 
 def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, seed: int,
-              extra: list[str], env: dict | None = None, core: int | None = None,
+              extra: list[str], env: dict | None = None, core: list[int] | None = None,
               cluster: int = 0) -> dict:
-    """`tf-gru4rec train` in a fresh process (on `core` alone when given), or with `cluster`
-    > 0 as that many workers started as on a cluster (`TF_CONFIG`, worker r on core r); the
-    fields of the (chief's) metrics.json used here."""
+    """`tf-gru4rec train` in a fresh process (on the cores `core` alone when given), or with
+    `cluster` > 0 as that many workers started as on a cluster (`TF_CONFIG`, worker r on
+    `cores(r, len(core))`); the fields of the (chief's) metrics.json used here."""
     from tf_gru4rec.training.workers import local_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +131,7 @@ def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, 
         if cluster:
             processes = []
             for index, config in enumerate(local_cluster(cluster)):
-                prefix, pin = pinned(index)
+                prefix, pin = pinned(cores(index, len(core)))
                 processes.append(subprocess.Popen(
                     [*prefix, *cmd, *extra], cwd=REPO, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True,
@@ -203,15 +211,22 @@ def main() -> None:
                         help="also run `--workers 2` with sync=step (slow: ~0.1x)")
     parser.add_argument("--control", action="store_true",
                         help="also run two one-process trainings at once (no exchange)")
-    parser.add_argument("--one-core-each", action="store_true",
-                        help="every process on one core of its own, one intra-op thread; the "
-                             "workers started as a cluster (TF_CONFIG), not --workers 2")
+    parser.add_argument("--cores-each", type=int, default=0, metavar="N",
+                        help="every process on N cores of its own, N intra-op threads; the "
+                             "workers started as a cluster (TF_CONFIG), not --workers 2 "
+                             "(needs 2 N cores)")
+    parser.add_argument("--one-core-each", action="store_const", const=1, dest="cores_each",
+                        help="--cores-each 1")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
                         help="only these settings (by label; '1 process' always runs)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "tf_gru4rec_parity"))
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
+    available = len(os.sched_getaffinity(0))
+    if args.cores_each and 2 * args.cores_each > available:
+        parser.error(f"--cores-each {args.cores_each} needs {2 * args.cores_each} cores (two "
+                     f"workers, or the control's two runs); this process may use {available}")
     records = []
     for dataset in args.datasets:
         preset, overrides, epochs = DATASETS[dataset]
@@ -233,11 +248,12 @@ def main() -> None:
             for label, extra in runs:
                 if extra is None:
                     row = run_pair(train, test, preset, overrides, epochs, seed,
-                                   args.one_core_each)
-                elif args.one_core_each:
+                                   args.cores_each)
+                elif args.cores_each:
                     workers = extra[:2] == ["--workers", "2"]
                     row = run_train(train, test, preset, overrides, epochs, seed,
-                                    extra[2:] if workers else extra, core=0,
+                                    extra[2:] if workers else extra,
+                                    core=cores(0, args.cores_each),
                                     cluster=2 if workers else 0)
                 else:
                     row = run_train(train, test, preset, overrides, epochs, seed, extra)
