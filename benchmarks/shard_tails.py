@@ -9,12 +9,15 @@ worker (32: "B each" in BENCHMARKS.md):
   - one process's steps with the same slots, and the least a worker could run: its share of
     them (one process / replicas);
   - "interleaved": what `tf_gru4rec.data.distributed_input` does, session s to worker s % R;
-  - "balanced": a split not built into the package, simulated here. Sessions are dealt in
+  - "balanced": `replica_split.balanced_deal`, whatever the tail. Sessions are dealt in
     start-time order (each worker keeps that order) to the worker furthest below its target
     share of the events, among the workers whose pass would still end by step T (a session
     goes to the slot that frees first, as in a pass). The least T that admits every session
     is found by bisection, for worker 0's share in {1/R, 0.9/R, ..., 0.6/R} (the others
-    split the rest evenly), and the best share is kept.
+    split the rest evenly), and the best share is kept;
+  - "package": what training uses with `--set replica_split=balanced`
+    (`replica_split.replica_of_sessions`): interleaved, unless its longest pass exceeds one
+    process's share by 5% and the balanced deal is shorter (the default is interleaved).
 Per worker the bound on speed against one process, from the tails alone, is
 one process's steps / (replicas x the longest worker's steps).
 """
@@ -22,14 +25,11 @@ one process's steps / (replicas x the longest worker's steps).
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import os
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -39,60 +39,11 @@ from block_sync import bundled_files  # noqa: E402  (benchmarks/block_sync.py)
 from parity import dataset_files  # noqa: E402  (benchmarks/parity.py)
 from run import machine  # noqa: E402  (benchmarks/run.py)
 
-
-def pass_steps(steps: np.ndarray, slots: int) -> int:
-    """Steps of one session-parallel pass over sessions of `steps` steps each, in order."""
-    heap = [(0, slot) for slot in range(slots)]
-    end = 0
-    for n in steps[steps > 0]:
-        free_at, slot = heapq.heappop(heap)
-        heapq.heappush(heap, (free_at + int(n), slot))
-        end = max(end, free_at + int(n))
-    return end
-
-
-def deal(steps: np.ndarray, slots: int, shares: np.ndarray, deadline: int):
-    """The worker of each session (see the module docstring), or None if some session cannot
-    end by `deadline` on any worker."""
-    heaps = [[(0, slot) for slot in range(slots)] for _ in shares]
-    load = np.zeros(len(shares))
-    owner = np.zeros(len(steps), dtype=np.int64)
-    for k, n in enumerate(steps):
-        if n <= 0:
-            continue
-        fits = [r for r in range(len(shares)) if heaps[r][0][0] + n <= deadline]
-        if not fits:
-            return None
-        r = min(fits, key=lambda r: ((load[r] + n) / shares[r], r))
-        free_at, slot = heapq.heappop(heaps[r])
-        heapq.heappush(heaps[r], (free_at + int(n), slot))
-        owner[k], load[r] = r, load[r] + n
-    return owner
-
-
-def balanced(steps: np.ndarray, replicas: int, slots: int, upper: int) -> dict:
-    """The best simulated balanced split (module docstring) with deadlines up to `upper`."""
-    lower = max(int(np.ceil(steps.sum() / (replicas * slots))), int(steps.max()))
-    best = None
-    for fraction in (1.0, 0.9, 0.8, 0.7, 0.6):
-        first = fraction / replicas
-        shares = np.array([first] + [(1 - first) / (replicas - 1)] * (replicas - 1))
-        if deal(steps, slots, shares, upper) is None:
-            continue
-        lo, hi = lower, upper
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if deal(steps, slots, shares, mid) is None:
-                lo = mid + 1
-            else:
-                hi = mid
-        owner = deal(steps, slots, shares, hi)
-        per_worker = [pass_steps(steps[owner == r], slots) for r in range(replicas)]
-        if best is None or max(per_worker) < max(best["steps_per_worker"]):
-            best = {"worker_0_share_target": first, "steps_per_worker": per_worker,
-                    "events_share": [float(steps[owner == r].sum() / steps.sum())
-                                     for r in range(replicas)]}
-    return best
+from tf_gru4rec.data.replica_split import (  # noqa: E402
+    balanced_deal,
+    pass_steps,
+    replica_of_sessions,
+)
 
 
 def main() -> None:
@@ -126,10 +77,17 @@ def main() -> None:
         one = pass_steps(steps, args.slots)
         interleaved = [pass_steps(steps[r::args.replicas], args.slots)
                        for r in range(args.replicas)]
-        best = balanced(steps, args.replicas, args.slots, max(interleaved))
+        found = balanced_deal(steps, args.replicas, args.slots, max(interleaved))
+        best = None if found is None else {
+            "steps_per_worker": [pass_steps(steps[found[1] == r], args.slots)
+                                 for r in range(args.replicas)],
+            "events_share": [float(steps[found[1] == r].sum() / steps.sum())
+                             for r in range(args.replicas)]}
+        owner = replica_of_sessions(steps, args.replicas, args.slots)
+        package = [pass_steps(steps[owner == r], args.slots) for r in range(args.replicas)]
         record = {"dataset": dataset, "sessions": int(log.n_sessions),
                   "one_process_steps": one, "interleaved_steps_per_worker": interleaved,
-                  "balanced": best,
+                  "balanced": best, "package_steps_per_worker": package,
                   "bound_interleaved": one / (args.replicas * max(interleaved)),
                   "bound_balanced": (one / (args.replicas * max(best["steps_per_worker"]))
                                      if best else None)}
@@ -139,7 +97,8 @@ def main() -> None:
                          f"{' / '.join(f'{s:.2f}' for s in best['events_share'])}; bound "
                          f"{record['bound_balanced']:.2f}x)")
         print(f"{dataset}: one process {one} steps; per worker: interleaved {interleaved} "
-              f"(bound {record['bound_interleaved']:.2f}x), {balanced_text}")
+              f"(bound {record['bound_interleaved']:.2f}x), {balanced_text}; "
+              f"with replica_split=balanced: {package}")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "command": "PYTHONPATH=. python benchmarks/shard_tails.py " + " ".join(sys.argv[1:]),
               "replicas": args.replicas, "slots": args.slots, "records": records}

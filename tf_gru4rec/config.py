@@ -41,6 +41,11 @@ class TrainConfig:
     # "block" averages their models after each block (tf_gru4rec.training.averaging);
     # "overlap" as "block", the average travelling while the next block trains.
     sync: str = "step"
+    # How the sessions are dealt to several replicas (tf_gru4rec.data.replica_split):
+    # "interleaved", session s to replica s % R; "balanced", so that the replicas' passes end
+    # together when a long late session would leave one running alone (fewer steps per epoch,
+    # unequal data per replica: BENCHMARKS.md, "Shard tails").
+    replica_split: str = "interleaved"
     seed: int = 0
     eval_batch_size: int = 0  # 0: sized to keep the slots full (evaluation_steps)
     cutoffs: list = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])

@@ -13,6 +13,7 @@ FINAL_ACTIVATIONS = (None, "linear", "tanh", "elu")
 GRU_CELLS = ("reset-after", "reset-before")
 TIE_MODES = ("standard", "conservative", "median")
 SYNC_MODES = ("step", "block", "overlap")  # TrainConfig.sync, `train --sync`
+REPLICA_SPLITS = ("interleaved", "balanced")  # TrainConfig.replica_split
 _ADAGRADM = ("adagradm", "adagrad-momentum")
 
 
@@ -72,6 +73,7 @@ CHECKS = {
     "jit_compile": (lambda v: isinstance(v, bool), "true or false"),
     "steps_per_execution": _integer(1),
     "sync": _one_of(SYNC_MODES),
+    "replica_split": _one_of(REPLICA_SPLITS),
     "seed": _integer(0),
     "eval_batch_size": _integer(0),
     "cutoffs": (_sizes, "cutoffs >= 1, e.g. 1,5,10,20"),

@@ -2,9 +2,11 @@
 
 Replica r of R trains on its own share of the sessions, each session whole and in order (the
 default auto-sharding of a dataset would deal rows out and break sessions):
-  - an in-memory log: the sessions s with s % R == r (sessions in start-time order);
+  - an in-memory log: the sessions s with s % R == r (sessions in start-time order), or with
+    `replica_split="balanced"` (`parts(..., slots)`), when that leaves one replica's pass with
+    a long tail, a deal that ends the passes together (`tf_gru4rec.data.replica_split`);
   - Parquet shards (`prepare log --shards`): the shards k with k % R == r when there are at
-    least R shards, else the sessions s % R == r of every shard.
+    least R shards, else the sessions of every shard dealt as an in-memory log's.
 Each part (the log, or one shard) is one session-parallel pass with B / R slots, so slots start
 empty at the beginning of a shard; the replica's negatives come from its own seed, drawn from
 the whole training log's item support. Only one shard is in memory at a time.
@@ -24,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.data.input_pipeline import PREFETCH_BLOCKS
+from tf_gru4rec.data.replica_split import replica_of_sessions
 from tf_gru4rec.data.sampling import NegativeSampler
 from tf_gru4rec.data.session_log import SessionLog
 from tf_gru4rec.data.session_parallel import StepArrays, session_order, session_parallel_steps
@@ -49,6 +52,7 @@ class TrainingSource:
         self.n_items, self.n_events = whole.n_items, whole.n_events
         self.n_sessions, self.n_predictions = whole.n_sessions, whole.n_predictions
         self._support = None
+        self._owners = {}  # (shard index or None, replicas, slots) -> replica of each session
 
     def item_support(self) -> np.ndarray:
         """int64 [n_items] training events per item (the whole log, every replica alike)."""
@@ -57,23 +61,36 @@ class TrainingSource:
                                        else self.shards.item_support, dtype=np.int64)
         return self._support
 
-    def parts(self, replica: int, n_replicas: int) -> list[Callable[[], SessionLog]]:
-        """Loaders of the parts replica `replica` of `n_replicas` trains on, in order."""
+    def parts(self, replica: int, n_replicas: int,
+              slots: int | None = None) -> list[Callable[[], SessionLog]]:
+        """Loaders of the parts replica `replica` of `n_replicas` trains on, in order.
+
+        slots: each replica's slots, for a deal whose passes end together
+        (`replica_split.replica_of_sessions`); None deals session s to replica s % R.
+        """
         if not 0 <= replica < n_replicas:
             raise ValueError(f"`replica` should be in [0, {n_replicas}). Received: {replica}")
         if self.log is not None:
-            return [lambda: _every_nth_session(self.log, replica, n_replicas)]
+            return [lambda: self._replica_sessions(self.log, None, replica, n_replicas, slots)]
         n_shards = len(self.shards.shards)
         if n_shards >= n_replicas:
             return [lambda k=k: self.shards.read(k) for k in range(replica, n_shards, n_replicas)]
-        return [lambda k=k: _every_nth_session(self.shards.read(k), replica, n_replicas)
+        return [lambda k=k: self._replica_sessions(self.shards.read(k), k, replica, n_replicas,
+                                                   slots)
                 for k in range(n_shards)]
 
-
-def _every_nth_session(log: SessionLog, replica: int, n_replicas: int) -> SessionLog:
-    if n_replicas == 1:
-        return log
-    return log.subset(np.arange(replica, log.n_sessions, n_replicas))
+    def _replica_sessions(self, log: SessionLog, shard: int | None, replica: int,
+                          n_replicas: int, slots: int | None) -> SessionLog:
+        """The sessions of `log` (the log, or shard `shard`) that replica `replica` trains;
+        the deal is computed once per (shard, replicas, slots)."""
+        if n_replicas == 1:
+            return log
+        if slots is None:
+            return log.subset(np.arange(replica, log.n_sessions, n_replicas))
+        key = (shard, n_replicas, slots)
+        if key not in self._owners:
+            self._owners[key] = replica_of_sessions(log.lengths - 1, n_replicas, slots)
+        return log.subset(np.flatnonzero(self._owners[key] == replica))
 
 
 class ReplicaStream:

@@ -71,7 +71,9 @@ def replica_streams(source: TrainingSource, config: TrainConfig, replicas: list[
                          "replicas; expected a multiple of the number of workers (each replica "
                          "holds batch_size / replicas slots)")
     support = source.item_support()
-    return [ReplicaStream(source.parts(r, n_replicas), config.batch_size // n_replicas, support,
+    slots = config.batch_size // n_replicas
+    deal = slots if config.replica_split == "balanced" else None  # None: s % R
+    return [ReplicaStream(source.parts(r, n_replicas, deal), slots, support,
                           n_sample=config.n_sample, sample_alpha=config.sample_alpha,
                           shuffle_sessions=config.shuffle_sessions, seed=config.seed,
                           steps_per_block=config.steps_per_execution, replica=r)
