@@ -217,6 +217,9 @@ def main() -> None:
                              "(needs 2 N cores)")
     parser.add_argument("--one-core-each", action="store_const", const=1, dest="cores_each",
                         help="--cores-each 1")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting for every run (as `train --set`), e.g. "
+                             "replica_split=balanced")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
                         help="only these settings (by label; '1 process' always runs)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
@@ -230,6 +233,7 @@ def main() -> None:
     records = []
     for dataset in args.datasets:
         preset, overrides, epochs = DATASETS[dataset]
+        overrides = {**overrides, **dict(item.split("=", 1) for item in args.set)}
         if dataset == "bundled":
             train, test = bundled_files(args.work)
         else:

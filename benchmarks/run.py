@@ -343,6 +343,32 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def run_capped_child(script: str, isa_name: str, out: str) -> dict:
+    """Runs `script --child <this command's arguments>` in a fresh process capped at
+    `isa_name` (benchmarks/isa.py), reads the child's `RESULT <json>` line, adds the date, the
+    machine, the cores and the command, appends it to the JSON list in `out`, and returns it
+    (exits with the child's stderr if it printed no result)."""
+    env = isa.environment(isa_name, dict(os.environ, PYTHONPATH=REPO), "ours")
+    proc = subprocess.run([sys.executable, script, "--child", *sys.argv[1:]], env=env,
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        sys.exit(proc.stderr[-3000:])
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                   "affinity": sorted(os.sched_getaffinity(0)),
+                   "command": " ".join(sys.argv)})
+    records = []
+    if os.path.exists(out):
+        with open(out) as f:
+            records = json.load(f)
+    records.append(result)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(records, f, indent=2)
+    return result
+
+
 def machine() -> str:
     """The machine in one line: architecture, cores, CPU model, its widest vector ISA, Python."""
     cpu, widest = "unknown CPU", "ISA unknown"

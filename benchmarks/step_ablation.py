@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,7 +32,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
-from run import TRAIN_FILE, machine, read_rsc15  # noqa: E402  (no TensorFlow)
+from run import TRAIN_FILE, read_rsc15, run_capped_child  # noqa: E402  (no TensorFlow)
 
 VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory")
 
@@ -133,24 +132,7 @@ def main() -> None:
         return
     if not os.path.exists(os.path.join(args.data, TRAIN_FILE)):
         sys.exit(f"{os.path.join(args.data, TRAIN_FILE)} not found: give --data")
-    env = isa_cap.environment(args.isa, dict(os.environ, PYTHONPATH=REPO), "ours")
-    proc = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env,
-                          capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not lines:
-        sys.exit(proc.stderr[-3000:])
-    result = json.loads(lines[-1][len("RESULT "):])
-    result.update({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                   "affinity": sorted(os.sched_getaffinity(0)),
-                   "command": " ".join(sys.argv)})
-    records = []
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            records = json.load(f)
-    records.append(result)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(records, f, indent=2)
+    result = run_capped_child(__file__, args.isa, args.out)
     base = result["median_us_per_step"]["as trained"]
     print(f"{args.preset} ({args.isa}, cores {result['affinity']}), median of "
           f"{args.rounds} alternating epochs:")
