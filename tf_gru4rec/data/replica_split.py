@@ -10,7 +10,8 @@ interleaved deal leaves the longest pass more than `TAIL_TOLERANCE` times that s
 sessions are dealt again (`balanced_deal`) and the new deal is kept if its longest pass is
 shorter; otherwise the interleaved deal stands, so logs without such a tail are split as with
 "interleaved" (the default). The new deal can give the replicas unequal numbers of events; with
-local SGD (`sync="block"`) that cost the trivago sample ~1 point of MRR@20 (BENCHMARKS.md).
+local SGD (`sync="block"`) that cost the trivago sample 0.2-1.5 points of MRR@20
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
