@@ -29,10 +29,10 @@ def pass_steps(steps: np.ndarray, slots: int) -> int:
     steps each (events - 1), in order: a session takes the slot that frees first."""
     heap = [(0, slot) for slot in range(slots)]
     end = 0
-    for n in steps[steps > 0]:
-        free_at, slot = heapq.heappop(heap)
-        heapq.heappush(heap, (free_at + int(n), slot))
-        end = max(end, free_at + int(n))
+    for n in steps[steps > 0].tolist():
+        free_at, slot = heap[0]
+        heapq.heapreplace(heap, (free_at + n, slot))
+        end = max(end, free_at + n)
     return end
 
 
@@ -40,27 +40,34 @@ def _deal(steps: np.ndarray, slots: int, shares: np.ndarray, deadline: int):
     """int [S] replica of each session, or None when some session cannot end by `deadline`.
 
     Sessions go in order to the replica furthest below its target share of the steps, among
-    those whose pass would still end the session by `deadline`."""
+    those whose pass would still end the session by `deadline` (the lowest index on ties)."""
     heaps = [[(0, slot) for slot in range(slots)] for _ in shares]
-    load = np.zeros(len(shares))
-    owner = np.zeros(len(steps), dtype=np.int64)
-    for k, n in enumerate(steps):
+    shares = [float(share) for share in shares]
+    load = [0.0] * len(shares)
+    owner = [0] * len(steps)
+    for k, n in enumerate(steps.tolist()):
         if n <= 0:
             continue
-        fits = [r for r in range(len(shares)) if heaps[r][0][0] + n <= deadline]
-        if not fits:
+        chosen, lowest = -1, 0.0
+        for r, heap in enumerate(heaps):
+            if heap[0][0] + n <= deadline:
+                ratio = (load[r] + n) / shares[r]
+                if chosen < 0 or ratio < lowest:
+                    chosen, lowest = r, ratio
+        if chosen < 0:
             return None
-        r = min(fits, key=lambda r: ((load[r] + n) / shares[r], r))
-        free_at, slot = heapq.heappop(heaps[r])
-        heapq.heappush(heaps[r], (free_at + int(n), slot))
-        owner[k], load[r] = r, load[r] + n
-    return owner
+        free_at, slot = heaps[chosen][0]
+        heapq.heapreplace(heaps[chosen], (free_at + n, slot))
+        owner[k], load[chosen] = chosen, load[chosen] + n
+    return np.asarray(owner, dtype=np.int64)
 
 
-def balanced_deal(steps: np.ndarray, n_replicas: int, slots: int, upper: int):
+def balanced_deal(steps: np.ndarray, n_replicas: int, slots: int, upper: int,
+                  good_enough: float = 0.0):
     """(longest pass, int [S] replica of each session) of the best deal found whose passes
     end by `upper`, or None: for replica 0's target share in `SHARE_FRACTIONS` / R (the others
-    share the rest evenly), the least deadline that admits every session, by bisection."""
+    share the rest evenly), the least deadline that admits every session, by bisection. The
+    search stops at the first share whose longest pass is at most `good_enough`."""
     lower = max(int(np.ceil(steps.sum() / (n_replicas * slots))), int(steps.max(initial=0)))
     best = None
     for fraction in SHARE_FRACTIONS:
@@ -79,6 +86,8 @@ def balanced_deal(steps: np.ndarray, n_replicas: int, slots: int, upper: int):
         longest = max(pass_steps(steps[owner == r], slots) for r in range(n_replicas))
         if best is None or longest < best[0]:
             best = (longest, owner)
+        if best[0] <= good_enough:
+            break
     return best
 
 
@@ -92,5 +101,5 @@ def replica_of_sessions(steps: np.ndarray, n_replicas: int, slots: int) -> np.nd
     share = pass_steps(steps, slots) / n_replicas
     if longest <= TAIL_TOLERANCE * share:
         return interleaved
-    best = balanced_deal(steps, n_replicas, slots, longest)
+    best = balanced_deal(steps, n_replicas, slots, longest, good_enough=share)
     return best[1] if best is not None and best[0] < longest else interleaved
