@@ -20,20 +20,20 @@ import heapq
 
 import numpy as np
 
+from tf_gru4rec.data.session_parallel import slot_schedule
+
 TAIL_TOLERANCE = 1.05
 SHARE_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6)  # replica 0's target share, times 1 / R
 
 
 def pass_steps(steps: np.ndarray, slots: int) -> int:
     """Steps of one session-parallel pass with `slots` slots over sessions of `steps` [S]
-    steps each (events - 1), in order: a session takes the slot that frees first."""
-    heap = [(0, slot) for slot in range(slots)]
-    end = 0
-    for n in steps[steps > 0].tolist():
-        free_at, slot = heap[0]
-        heapq.heapreplace(heap, (free_at + n, slot))
-        end = max(end, free_at + n)
-    return end
+    steps each (events - 1), in order (`session_parallel.slot_schedule`)."""
+    steps = np.asarray(steps)[np.asarray(steps) > 0]
+    if not len(steps):
+        return 0
+    _, start_step = slot_schedule(steps, slots)
+    return int((start_step + steps).max())
 
 
 def _deal(steps: np.ndarray, slots: int, shares: np.ndarray, deadline: int):
@@ -73,16 +73,17 @@ def balanced_deal(steps: np.ndarray, n_replicas: int, slots: int, upper: int,
     for fraction in SHARE_FRACTIONS:
         first = fraction / n_replicas
         shares = np.array([first] + [(1 - first) / (n_replicas - 1)] * (n_replicas - 1))
-        if _deal(steps, slots, shares, upper) is None:
+        owner = _deal(steps, slots, shares, upper)  # the deal at deadline hi, kept
+        if owner is None:
             continue
         lo, hi = lower, upper
         while lo < hi:
             mid = (lo + hi) // 2
-            if _deal(steps, slots, shares, mid) is None:
+            dealt = _deal(steps, slots, shares, mid)
+            if dealt is None:
                 lo = mid + 1
             else:
-                hi = mid
-        owner = _deal(steps, slots, shares, hi)
+                hi, owner = mid, dealt
         longest = max(pass_steps(steps[owner == r], slots) for r in range(n_replicas))
         if best is None or longest < best[0]:
             best = (longest, owner)

@@ -46,6 +46,20 @@ def session_order(log: SessionLog, shuffle: bool = False, seed: int = 0) -> np.n
     return order
 
 
+def slot_schedule(n_steps_of: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where sessions of `n_steps_of` [S] steps each (all > 0), taken in order, run in a pass
+    with `slots` slots: (slot int64 [S], first step int64 [S]). A session takes the slot that
+    frees first, the lowest index on ties (as the original GRU4Rec iterator)."""
+    slot_of = np.empty(len(n_steps_of), dtype=np.int64)
+    start_step = np.empty(len(n_steps_of), dtype=np.int64)
+    heap = [(0, slot) for slot in range(slots)]
+    for k, n in enumerate(np.asarray(n_steps_of).tolist()):
+        free_at, slot = heap[0]
+        slot_of[k], start_step[k] = slot, free_at
+        heapq.heapreplace(heap, (free_at + n, slot))
+    return slot_of, start_step
+
+
 def session_parallel_steps(
     log: SessionLog, batch_size: int, order: np.ndarray | None = None
 ) -> StepArrays:
@@ -60,18 +74,7 @@ def session_parallel_steps(
     order = np.arange(log.n_sessions) if order is None else np.asarray(order)
     n_steps_of = log.lengths[order] - 1
     order, n_steps_of = order[n_steps_of > 0], n_steps_of[n_steps_of > 0]
-    # Assign sessions to slots: the slot that frees first (lowest index on ties) takes the next.
-    slot_of = np.empty(len(order), dtype=np.int64)
-    start_step = np.empty(len(order), dtype=np.int64)
-    n_first = min(batch_size, len(order))
-    slot_of[:n_first] = np.arange(n_first)
-    start_step[:n_first] = 0
-    heap = [(int(n_steps_of[k]), k) for k in range(n_first)]
-    heapq.heapify(heap)
-    for k in range(n_first, len(order)):
-        free_at, slot = heapq.heappop(heap)
-        slot_of[k], start_step[k] = slot, free_at
-        heapq.heappush(heap, (free_at + int(n_steps_of[k]), slot))
+    slot_of, start_step = slot_schedule(n_steps_of, batch_size)
     n_total = int((start_step + n_steps_of).max()) if len(order) else 0
     # Scatter every (session, step) pair into the [T, B] grid.
     step_session = np.repeat(np.arange(len(order)), n_steps_of)
