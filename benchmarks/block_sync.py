@@ -164,6 +164,18 @@ def run_train(train: str, test: str, preset: str, overrides: dict, epochs: int, 
         "steps_per_epoch")} | {"wall_seconds": time.perf_counter() - start}
 
 
+def log_files(dataset: str, shared_data: str, work: str) -> tuple[str, str] | None:
+    """(train, test) files of `dataset` (prepared as benchmarks/parity.py does, or the bundled
+    log generated), or None, said on stderr, when the shared data is absent."""
+    if dataset == "bundled":
+        return bundled_files(work)
+    train, test = dataset_files(dataset, shared_data, work)
+    if not os.path.exists(train):
+        print(f"{dataset}: {train} not found; skipped", file=sys.stderr)
+        return None
+    return train, test
+
+
 def bundled_files(work: str) -> tuple[str, str]:
     out = os.path.join(work, "bundled")
     if not os.path.exists(os.path.join(out, "train.tsv")):
@@ -200,6 +212,14 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, str]:
+    """`--set KEY=VALUE` as (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +238,7 @@ def main() -> None:
     parser.add_argument("--one-core-each", action="store_const", const=1, dest="cores_each",
                         help="--cores-each 1")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        type=_setting,
                         help="a training setting for every run (as `train --set`), e.g. "
                              "replica_split=balanced")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
@@ -233,14 +254,11 @@ def main() -> None:
     records = []
     for dataset in args.datasets:
         preset, overrides, epochs = DATASETS[dataset]
-        overrides = {**overrides, **dict(item.split("=", 1) for item in args.set)}
-        if dataset == "bundled":
-            train, test = bundled_files(args.work)
-        else:
-            train, test = dataset_files(dataset, args.shared_data, args.work)
-            if not os.path.exists(train):
-                print(f"{dataset}: {train} not found; skipped", file=sys.stderr)
-                continue
+        overrides = {**overrides, **dict(args.set)}
+        files = log_files(dataset, args.shared_data, args.work)
+        if files is None:
+            continue
+        train, test = files
         batch_size = load_preset(preset).with_overrides(overrides).batch_size
         for seed in args.seeds:
             base = None

@@ -343,6 +343,20 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def capped_child_parser(description: str, out_name: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark run as a capped child (`run_capped_child`): --preset,
+    --isa, --data (the RSC15 sample), --out (benchmarks/results/`out_name`), --child."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="rsc15-xe")
+    parser.add_argument("--isa", choices=isa.ISAS, default="native")
+    parser.add_argument("--data", default=os.environ.get(
+        "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
+    parser.add_argument("--out", default=os.path.join(HERE, "results", out_name))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
 def run_capped_child(script: str, isa_name: str, out: str) -> dict:
     """Runs `script --child <this command's arguments>` in a fresh process capped at
     `isa_name` (benchmarks/isa.py), reads the child's `RESULT <json>` line, adds the date, the

@@ -35,8 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
-from block_sync import bundled_files  # noqa: E402  (benchmarks/block_sync.py)
-from parity import dataset_files  # noqa: E402  (benchmarks/parity.py)
+from block_sync import log_files  # noqa: E402  (benchmarks/block_sync.py)
 from run import machine  # noqa: E402  (benchmarks/run.py)
 
 from tf_gru4rec.data.replica_split import (  # noqa: E402
@@ -63,14 +62,10 @@ def main() -> None:
 
     records = []
     for dataset in args.datasets:
-        if dataset == "bundled":
-            train, _ = bundled_files(args.work)
-        else:
-            train, _ = dataset_files(dataset, args.shared_data, args.work)
-        if not os.path.exists(train):
-            print(f"{dataset}: {train} not found; skipped", file=sys.stderr)
+        files = log_files(dataset, args.shared_data, args.work)
+        if files is None:
             continue
-        events = read_events(train)
+        events = read_events(files[0])
         vocabulary = ItemVocabulary.from_events(events["ItemId"].to_numpy())
         log = SessionLog.from_events(events, vocabulary)
         steps = log.lengths - 1  # start-time order, as the package keeps it

@@ -20,7 +20,6 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,7 +31,12 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
-from run import TRAIN_FILE, read_rsc15, run_capped_child  # noqa: E402  (no TensorFlow)
+from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
+    TRAIN_FILE,
+    capped_child_parser,
+    read_rsc15,
+    run_capped_child,
+)
 
 VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory")
 
@@ -117,15 +121,8 @@ def child(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="rsc15-xe")
-    parser.add_argument("--isa", choices=isa_cap.ISAS, default="native")
+    parser = capped_child_parser(__doc__, "step_ablation.json")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--data", default=os.environ.get(
-        "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "step_ablation.json"))
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         sys.stdout.write("RESULT " + json.dumps(child(args)) + "\n")

@@ -17,7 +17,6 @@ In one fresh process per call (run it under `taskset -c 0` for a one-core profil
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import json
@@ -34,7 +33,13 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 import isa as isa_cap  # noqa: E402  (benchmarks/isa.py)
-from run import TRAIN_FILE, fit_setup, read_rsc15, run_capped_child  # noqa: E402  (no TensorFlow)
+from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
+    TRAIN_FILE,
+    capped_child_parser,
+    fit_setup,
+    read_rsc15,
+    run_capped_child,
+)
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* [\w\-]+\(([^)]*)\)")
 
@@ -193,14 +198,7 @@ def child(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="rsc15-xe")
-    parser.add_argument("--isa", choices=isa_cap.ISAS, default="native")
-    parser.add_argument("--data", default=os.environ.get(
-        "TF_GRU4REC_DATA", os.path.join(REPO, "..", "shared", "data", "rsc15_100k")))
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "step_profile.json"))
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser = capped_child_parser(__doc__, "step_profile.json")
     args = parser.parse_args()
     if args.child:
         sys.stdout.write("RESULT " + json.dumps(child(args)) + "\n")
