@@ -229,3 +229,20 @@ def test_compile_picks_the_row_update_that_the_compilation_allows(step_compilati
     model.compile(optimizer=optimizer, step_compilation=step_compilation,
                   jit_compile=jit_compile)
     assert optimizer.static_shapes is static
+
+
+def test_steps_per_execution_changes_only_which_negatives_are_drawn(synthetic_log):
+    """The block size reaches training only through the negatives, drawn per block: without
+    sampled negatives, blocks of 5 and 12 steps train the same weights (dropout included)."""
+    log = synthetic_log[0]
+    config = SMALL.replace(dropout_p_hidden=0.3, dropout_p_embed=0.1, n_epochs=2)
+
+    def trained(**settings):
+        model = train(config.replace(**settings), log, verbose=0).model
+        return [v.numpy() for v in model.trainable_variables]
+
+    five, twelve = (trained(n_sample=0, steps_per_execution=k) for k in (5, 12))
+    for a, b in zip(five, twelve, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    five, twelve = (trained(steps_per_execution=k) for k in (5, 12))
+    assert not all(np.allclose(a, b) for a, b in zip(five, twelve, strict=True))
