@@ -17,6 +17,9 @@ Markdown table is printed. Measured:
 The synthetic runs with 100k items or more use transparent huge pages for large allocations
 (glibc's malloc tunable, as the `tf-gru4rec` command sets it; see tf_gru4rec/hugepages.py)
 unless --no-hugepages is given; the RSC15 runs (ours and the original) use neither.
+With --repeat-log N both sides train on the RSC15 sample's training sessions repeated N times
+(new session ids, times shifted by the log's span per copy; the same test file): an epoch N
+times as long with the sample's own sessions, items and session lengths.
 """
 
 from __future__ import annotations
@@ -249,6 +252,24 @@ def run_original(original: str, python: str, data: str, preset: str, epochs: int
     }
 
 
+def repeated_log(data: str, copies: int, out: str) -> str:
+    """Writes to `out` the training file of `data` with its sessions repeated `copies` times
+    (session ids offset past the last, times shifted by the log's span per copy) and a copy
+    of its test file; returns `out`."""
+    import shutil
+
+    import pandas as pd
+
+    train = pd.read_csv(os.path.join(data, TRAIN_FILE), sep="\t")
+    span = train["Time"].max() - train["Time"].min() + 1
+    offset = train["SessionId"].max() + 1
+    pd.concat([train.assign(SessionId=train["SessionId"] + k * offset,
+                            Time=train["Time"] + k * span) for k in range(copies)]).to_csv(
+        os.path.join(out, TRAIN_FILE), sep="\t", index=False)
+    shutil.copy(os.path.join(data, TEST_FILE), out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,6 +291,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "speed.json"))
     parser.add_argument("--no-hugepages", action="store_true",
                         help="run the large synthetic catalogues without huge pages")
+    parser.add_argument("--repeat-log", type=int, default=1, metavar="N",
+                        help="train on the sample's training sessions repeated N times")
     args = parser.parse_args()
     global HUGEPAGES, ISA
     HUGEPAGES = not args.no_hugepages
@@ -278,6 +301,9 @@ def main() -> None:
         child_main(args.child)
         return
 
+    if args.repeat_log > 1:  # removed when the run ends
+        repeated = tempfile.TemporaryDirectory(prefix="tf_gru4rec_repeated_")
+        args.data = repeated_log(args.data, args.repeat_log, repeated.name)
     records = []
     rate = run_child({"kind": "matmul"})
     records.append({"name": "matmul", **rate})
@@ -309,7 +335,8 @@ def main() -> None:
 
     if os.path.exists(os.path.join(args.data, TRAIN_FILE)):
         for preset in args.presets:
-            measure(f"{preset} rsc15_100k", {"preset": preset, "data": args.data,
+            copies = f" x{args.repeat_log}" if args.repeat_log > 1 else ""
+            measure(f"{preset} rsc15_100k{copies}", {"preset": preset, "data": args.data,
                                              "epochs": args.epochs}, preset)
     for n_items in args.synthetic_items:
         measure(f"rsc15-xe synthetic {n_items:,} items", {
@@ -324,6 +351,7 @@ def main() -> None:
                        args.original_python, isa.environment(ISA, dict(os.environ), "original"))
                        if args.original else None),
                    "command": " ".join(sys.argv), "hugepages": HUGEPAGES,
+                   "repeat_log": args.repeat_log,
                    "transparent_hugepage": _read_text(
                        "/sys/kernel/mm/transparent_hugepage/enabled"),
                    "records": records}, f, indent=2)
