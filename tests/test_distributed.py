@@ -292,6 +292,8 @@ def test_the_sync_option_reaches_the_run_config(small_logs, tmp_path, sync):
 # ----------------------------------------------------------------------- bad options
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "2", "--set", "batch_size=7"], "batch_size 7 is not divisible by 2 workers"),
+    (["--workers", "2", "--set", "replica_split=balanced", "--set", "shuffle_sessions=true"],
+     "replica_split='balanced' with shuffle_sessions=True"),
     (["--workers", "2", "--warm-start", "MODEL", "--train", "SHARDS"],
      "Parquet shards hold item indices fixed by their items.parquet"),
     (["--workers", "2", "--sync", "overlap", "--backup-dir", "BACKUP", "--backup-every", "20"],

@@ -94,6 +94,24 @@ def test_replica_split_is_checked():
         check_config(TrainConfig().with_overrides({"replica_split": "random"}))
 
 
+def test_the_balanced_deal_is_refused_with_shuffled_sessions_on_several_replicas():
+    """Shuffling each replica's sessions every epoch undoes what the balanced deal is for."""
+    from tf_gru4rec.training.distributed import replica_streams
+
+    source = TrainingSource(log=_log(_long_late_session()))
+
+    def config(split, shuffle):
+        return TrainConfig().with_overrides({"batch_size": "8", "n_sample": "0",
+                                             "replica_split": split,
+                                             "shuffle_sessions": shuffle})
+
+    with pytest.raises(ValueError, match="replica_split='balanced' with shuffle_sessions=True"):
+        replica_streams(source, config("balanced", "true"), [0, 1], 2)
+    assert len(replica_streams(source, config("balanced", "true"), [0], 1)) == 1
+    assert len(replica_streams(source, config("interleaved", "true"), [0, 1], 2)) == 2
+    assert len(replica_streams(source, config("balanced", "false"), [0, 1], 2)) == 2
+
+
 def test_two_workers_train_on_the_balanced_deal(tmp_path):
     """`train --workers 2 --set replica_split=balanced` on a click log with a long late
     session: each epoch runs the balanced deal's steps, and every event is trained once."""

@@ -27,7 +27,7 @@ from tf_gru4rec.cli.common import (
     test_log,
     train_config,
 )
-from tf_gru4rec.config_checks import SYNC_MODES, check_backup_every
+from tf_gru4rec.config_checks import SYNC_MODES, check_backup_every, check_replica_split
 
 logger = logging.getLogger("tf_gru4rec")
 
@@ -132,6 +132,7 @@ def check_options(args, config, cluster) -> None:
                          "expected the same number (or no --workers on a cluster)")
     check_backup_every(config, args.backup_every)
     n_workers = cluster[0] if cluster else args.workers
+    check_replica_split(config, n_workers)
     if config.batch_size % n_workers:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {n_workers} "
                          "workers; expected a multiple (each worker holds batch_size / workers "

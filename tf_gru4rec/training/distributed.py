@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gru4rec.config import TrainConfig
+from tf_gru4rec.config_checks import check_replica_split
 from tf_gru4rec.data.distributed_input import ReplicaStream, TrainingSource
 from tf_gru4rec.training.averaging import BlockAveraging, OverlappedAveraging
 from tf_gru4rec.training.workers import thread_count  # noqa: F401  (its former home)
@@ -70,6 +71,7 @@ def replica_streams(source: TrainingSource, config: TrainConfig, replicas: list[
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {n_replicas} "
                          "replicas; expected a multiple of the number of workers (each replica "
                          "holds batch_size / replicas slots)")
+    check_replica_split(config, n_replicas)
     support = source.item_support()
     slots = config.batch_size // n_replicas
     deal = slots if config.replica_split == "balanced" else None  # None: s % R
