@@ -20,6 +20,10 @@ worker (32: "B each" in BENCHMARKS.md):
     process's share by 5% and the balanced deal is shorter (the default is interleaved).
 Per worker the bound on speed against one process, from the tails alone, is
 one process's steps / (replicas x the longest worker's steps).
+With --shuffled-epochs N, also the longest worker's pass in each of N epochs whose sessions
+are shuffled as `shuffle_sessions=True` shuffles them (each worker's own, seed 0), for the
+interleaved deal and the balanced one (which is why training refuses the balanced deal with
+shuffled sessions), and one process's pass over the same epochs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import os
 import sys
 import tempfile
 import time
+import types
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -43,6 +50,26 @@ from tf_gru4rec.data.replica_split import (  # noqa: E402
     pass_steps,
     replica_of_sessions,
 )
+from tf_gru4rec.data.session_parallel import session_order  # noqa: E402
+
+
+def shuffled_passes(steps, owner, replicas: int, slots: int, epochs: int) -> list[int]:
+    """The longest worker's pass in each of `epochs` epochs, each worker's sessions (`owner`
+    [S]: their worker) in the order `session_order` shuffles them (run seed 0, one part)."""
+    longest = []
+    for epoch in range(epochs):
+        passes = []
+        for r in range(replicas):
+            mine = steps[owner == r]
+            order = session_order(types.SimpleNamespace(n_sessions=len(mine)), True, epoch)
+            passes.append(pass_steps(mine[order], slots))
+        longest.append(max(passes))
+    return longest
+
+
+def summary(values: list[int]) -> dict:
+    return {"median": float(np.median(values)), "min": int(min(values)),
+            "max": int(max(values))}
 
 
 def main() -> None:
@@ -52,6 +79,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["rsc15", "trivago", "bundled"])
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument("--shuffled-epochs", type=int, default=0, metavar="N")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "tf_gru4rec_parity"))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shard_tails.json"))
@@ -86,6 +114,19 @@ def main() -> None:
                   "bound_interleaved": one / (args.replicas * max(interleaved)),
                   "bound_balanced": (one / (args.replicas * max(best["steps_per_worker"]))
                                      if best else None)}
+        if args.shuffled_epochs:
+            epochs = args.shuffled_epochs
+            interleaved_owner = np.arange(len(steps)) % args.replicas
+            record["shuffled_longest_pass"] = {
+                "one process": summary(shuffled_passes(steps, np.zeros(len(steps), int), 1,
+                                                       args.slots, epochs)),
+                "interleaved": summary(shuffled_passes(steps, interleaved_owner,
+                                                       args.replicas, args.slots, epochs)),
+                "replica_split=balanced": summary(shuffled_passes(
+                    steps, owner, args.replicas, args.slots, epochs))}
+            print(f"{dataset}, {epochs} shuffled epochs, longest pass (median, min, max): " +
+                  "; ".join(f"{k} {v['median']:g} ({v['min']}-{v['max']})"
+                            for k, v in record["shuffled_longest_pass"].items()))
         records.append(record)
         balanced_text = ("no better split found" if best is None else
                          f"balanced {best['steps_per_worker']} (events "
