@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -256,8 +257,6 @@ def repeated_log(data: str, copies: int, out: str) -> str:
     """Writes to `out` the training file of `data` with its sessions repeated `copies` times
     (session ids offset past the last, times shifted by the log's span per copy) and a copy
     of its test file; returns `out`."""
-    import shutil
-
     import pandas as pd
 
     train = pd.read_csv(os.path.join(data, TRAIN_FILE), sep="\t")
@@ -301,7 +300,8 @@ def main() -> None:
         child_main(args.child)
         return
 
-    if args.repeat_log > 1:  # removed when the run ends
+    if args.repeat_log > 1 and os.path.exists(os.path.join(args.data, TRAIN_FILE)):
+        # removed when the run ends; without the sample the RSC15 runs are skipped as before
         repeated = tempfile.TemporaryDirectory(prefix="tf_gru4rec_repeated_")
         args.data = repeated_log(args.data, args.repeat_log, repeated.name)
     records = []

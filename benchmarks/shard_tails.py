@@ -34,7 +34,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 
 import numpy as np
 
@@ -53,18 +52,13 @@ from tf_gru4rec.data.replica_split import (  # noqa: E402
 from tf_gru4rec.data.session_parallel import session_order  # noqa: E402
 
 
-def shuffled_passes(steps, owner, replicas: int, slots: int, epochs: int) -> list[int]:
-    """The longest worker's pass in each of `epochs` epochs, each worker's sessions (`owner`
-    [S]: their worker) in the order `session_order` shuffles them (run seed 0, one part)."""
-    longest = []
-    for epoch in range(epochs):
-        passes = []
-        for r in range(replicas):
-            mine = steps[owner == r]
-            order = session_order(types.SimpleNamespace(n_sessions=len(mine)), True, epoch)
-            passes.append(pass_steps(mine[order], slots))
-        longest.append(max(passes))
-    return longest
+def shuffled_passes(log, owner, replicas: int, slots: int, epochs: int) -> list[int]:
+    """The longest worker's pass in each of `epochs` epochs, each worker's sessions of `log`
+    (`owner` [S]: their worker) in the order training shuffles them (`session_order` with
+    run seed 0, one part)."""
+    parts = [log.subset(np.flatnonzero(owner == r)) for r in range(replicas)]
+    return [max(pass_steps((part.lengths - 1)[session_order(part, True, epoch)], slots)
+                for part in parts) for epoch in range(epochs)]
 
 
 def summary(values: list[int]) -> dict:
@@ -118,12 +112,12 @@ def main() -> None:
             epochs = args.shuffled_epochs
             interleaved_owner = np.arange(len(steps)) % args.replicas
             record["shuffled_longest_pass"] = {
-                "one process": summary(shuffled_passes(steps, np.zeros(len(steps), int), 1,
+                "one process": summary(shuffled_passes(log, np.zeros(len(steps), int), 1,
                                                        args.slots, epochs)),
-                "interleaved": summary(shuffled_passes(steps, interleaved_owner,
+                "interleaved": summary(shuffled_passes(log, interleaved_owner,
                                                        args.replicas, args.slots, epochs)),
                 "replica_split=balanced": summary(shuffled_passes(
-                    steps, owner, args.replicas, args.slots, epochs))}
+                    log, owner, args.replicas, args.slots, epochs))}
             print(f"{dataset}, {epochs} shuffled epochs, longest pass (median, min, max): " +
                   "; ".join(f"{k} {v['median']:g} ({v['min']}-{v['max']})"
                             for k, v in record["shuffled_longest_pass"].items()))
