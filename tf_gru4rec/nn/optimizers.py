@@ -12,7 +12,8 @@ Under XLA the sums use only static shapes (`sum_duplicate_rows`: a scatter-min o
 no sort); outside XLA `tf.unique` does it. When the table has few rows compared with the
 gathered ones (at most `dense_row_factor` times as many), the same update is computed over the
 whole table with the untouched rows masked, which is faster than gathering and scattering
-rows. All paths give the same result. Keras 3's own
+rows; a gradient that TensorFlow concatenated from several gathers is scattered part by part
+there (`concatenated_parts`). All paths give the same result. Keras 3's own
 Adagrad and Adam densify such gradients and update every row (momentum included) every step.
 """
 
@@ -43,6 +44,36 @@ def sum_duplicate_rows(slices: tf.IndexedSlices, first_entry: tf.Variable):
     first_entry.scatter_update(tf.IndexedSlices(tf.fill([n], NO_ENTRY), indices))
     sums = tf.math.unsorted_segment_sum(slices.values, representative, n)
     return indices, tf.gather(sums, representative)
+
+
+def concatenated_parts(slices: tf.IndexedSlices) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """The (indices [N_k], values [N_k, ...]) parts that a traced `tf.concat` joined into `slices`.
+
+    The gradient of a table read by several gathers (the item table embeds the inputs and
+    scores the sampled items) is one IndexedSlices whose indices and values TensorFlow
+    concatenates, gather by gather. Scattering the parts one after the other sums the same
+    values in the same order, without the copy into one array, and XLA can scatter the scored
+    columns' part (first in the concatenation) before the GRU's backward pass ends, which
+    gives the inputs' part (BENCHMARKS.md, "Fourth look").
+    Eagerly, or when indices and values were not concatenated alike: [(indices, values)].
+    """
+    whole = [(slices.indices, slices.values)]
+    if tf.executing_eagerly():
+        return whole
+    index_op, value_op = slices.indices.op, slices.values.op
+    if index_op.type != "ConcatV2" or value_op.type != "ConcatV2":
+        return whole
+    *index_parts, index_axis = index_op.inputs
+    *value_parts, value_axis = value_op.inputs
+    if (tf.get_static_value(index_axis) != 0 or tf.get_static_value(value_axis) != 0
+            or len(index_parts) != len(value_parts)):
+        return whole
+    parts = list(zip(index_parts, value_parts, strict=True))
+    for indices, values in parts:  # the pairing must be certain: every length known
+        if indices.shape.rank != 1 or indices.shape[0] is None or \
+                indices.shape[0] != values.shape[0]:
+            return whole
+    return parts
 
 
 @keras.saving.register_keras_serializable("tf_gru4rec")
@@ -108,11 +139,13 @@ class AdagradM(keras.optimizers.Optimizer):
         self.assign_add(variable, step)
 
     def _masked_dense_update(self, gradient, variable, acc, mom, lr):
-        n_rows = variable.shape[0]
-        grad = tf.math.unsorted_segment_sum(gradient.values, gradient.indices, n_rows)
-        touched = tf.math.unsorted_segment_max(
-            tf.ones_like(gradient.indices, tf.float32), gradient.indices, n_rows) > 0
-        touched = tf.reshape(touched, [-1] + [1] * (len(grad.shape) - 1))
+        grad = tf.zeros(variable.shape, variable.dtype)
+        touched = tf.zeros(variable.shape[:1], tf.float32)
+        for indices, values in concatenated_parts(gradient):
+            rows = tf.cast(indices, tf.int32)[:, None]
+            grad = tf.tensor_scatter_nd_add(grad, rows, tf.cast(values, grad.dtype))
+            touched = tf.tensor_scatter_nd_max(touched, rows, tf.ones_like(rows[:, 0], tf.float32))
+        touched = tf.reshape(touched > 0, [-1] + [1] * (len(grad.shape) - 1))
         self.assign_add(acc, tf.square(grad))
         step = -lr * grad / tf.sqrt(acc.value + self.epsilon)
         if mom is not None:
