@@ -1,7 +1,8 @@
 """What each part of the training step costs: variants of the step, alternating in one process.
 
     python benchmarks/step_ablation.py [--preset rsc15-xe] [--isa native|avx2] [--rounds 5] \
-        [--data ../shared/data/rsc15_100k] [--out benchmarks/results/step_ablation.json]
+        [--variants NAME ...] [--data ../shared/data/rsc15_100k] \
+        [--out benchmarks/results/step_ablation.json]
 
 One fresh process (capped at `--isa`, `benchmarks/isa.py`) builds one model per variant, trains
 each one epoch to compile it, then runs one `fit` epoch of each variant in turn, `--rounds`
@@ -15,7 +16,10 @@ Variants:
     a free item-table update would give, the bound on what a faster update can save;
   - "no momentum": `momentum=0`, one of those passes fewer (other maths: for scale only);
   - "input in memory": the real step fed from the epoch's blocks held in memory instead of the
-    live `tf.data` pipeline (session-parallel steps and negative sampling): what the input costs.
+    live `tf.data` pipeline (session-parallel steps and negative sampling): what the input costs;
+  - "table gradient scattered whole": the step before the item table's gradient was scattered
+    part by part (`concatenated_parts`): its concatenation of the inputs' and the scored
+    columns' rows is scattered in one piece. Same maths, the same weights to the last bit.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
     run_capped_child,
 )
 
-VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory")
+VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory",
+            "table gradient scattered whole")
 
 
 def _skipping_optimizer(config):
@@ -60,6 +65,21 @@ def _skipping_optimizer(config):
     return ItemTableNotUpdated(learning_rate=config.learning_rate, momentum=config.momentum)
 
 
+def _whole_scatter_optimizer(config):
+    """AdagradM as before `concatenated_parts`: an identity hides the concatenation."""
+    import tensorflow as tf
+
+    from tf_gru4rec.nn.optimizers import AdagradM
+
+    class ScatteredWhole(AdagradM):
+        def _masked_dense_update(self, gradient, *args):
+            whole = tf.IndexedSlices(tf.identity(gradient.values), tf.identity(gradient.indices),
+                                     gradient.dense_shape)
+            return super()._masked_dense_update(whole, *args)
+
+    return ScatteredWhole(learning_rate=config.learning_rate, momentum=config.momentum)
+
+
 def _variant(name: str, config, log):
     """(model, input source, dataset) of variant `name`."""
     import keras
@@ -75,8 +95,10 @@ def _variant(name: str, config, log):
                                   sample_alpha=config.sample_alpha,
                                   steps_per_block=config.steps_per_execution)
     model = build_model(config, log.n_items, log.item_support())
-    if name == "item table not updated":
-        model.compile(optimizer=_skipping_optimizer(config),
+    if name in ("item table not updated", "table gradient scattered whole"):
+        optimizer = (_skipping_optimizer if name == "item table not updated"
+                     else _whole_scatter_optimizer)(config)
+        model.compile(optimizer=optimizer,
                       step_compilation="full" if config.jit_compile else None)
     dataset = source.dataset(blocks=True)
     if name == "input in memory":
@@ -106,11 +128,12 @@ def child(args) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             self.seconds = time.perf_counter() - self.start
 
-    variants = {name: _variant(name, config, log) for name in VARIANTS}
+    names = ["as trained", *(v for v in args.variants or VARIANTS if v != "as trained")]
+    variants = {name: _variant(name, config, log) for name in names}
     for model, source, dataset in variants.values():  # compile; epoch 0 for every variant
         model.fit(dataset, epochs=1, verbose=0, callbacks=[source.callback()])
     steps = variants["as trained"][1].steps_per_epoch(0)
-    timer, us = EpochTimer(), {name: [] for name in VARIANTS}
+    timer, us = EpochTimer(), {name: [] for name in names}
     for _ in range(args.rounds):
         for name, (model, _, dataset) in variants.items():
             model.fit(dataset, epochs=1, verbose=0, callbacks=[timer])
@@ -123,6 +146,8 @@ def child(args) -> dict:
 def main() -> None:
     parser = capped_child_parser(__doc__, "step_ablation.json")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="variants to alternate (default: all); 'as trained' is always one")
     args = parser.parse_args()
     if args.child:
         sys.stdout.write("RESULT " + json.dumps(child(args)) + "\n")
