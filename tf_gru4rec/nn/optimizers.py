@@ -55,7 +55,8 @@ def concatenated_parts(slices: tf.IndexedSlices) -> list[tuple[tf.Tensor, tf.Ten
     values in the same order, without the copy into one array, and XLA can scatter the scored
     columns' part (first in the concatenation) before the GRU's backward pass ends, which
     gives the inputs' part (BENCHMARKS.md, "Fourth look").
-    Eagerly, or when indices and values were not concatenated alike: [(indices, values)].
+    Eagerly, when indices and values were not concatenated alike, or when a part's length is
+    unknown (the pairing would not be certain): [(indices, values)].
     """
     whole = [(slices.indices, slices.values)]
     if tf.executing_eagerly():
@@ -69,7 +70,7 @@ def concatenated_parts(slices: tf.IndexedSlices) -> list[tuple[tf.Tensor, tf.Ten
             or len(index_parts) != len(value_parts)):
         return whole
     parts = list(zip(index_parts, value_parts, strict=True))
-    for indices, values in parts:  # the pairing must be certain: every length known
+    for indices, values in parts:
         if indices.shape.rank != 1 or indices.shape[0] is None or \
                 indices.shape[0] != values.shape[0]:
             return whole
