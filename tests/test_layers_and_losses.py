@@ -105,6 +105,79 @@ def test_one_hot_first_layer_is_reset_before_and_equals_one_hot_times_matrix(rng
     np.testing.assert_allclose(out, numpy_layer_step(stack, 1, proj, h[1]), atol=1e-5)
 
 
+def numpy_gru_cell_gradient(projected, hidden, state, upstream):
+    """dL/d(projected, hidden, state) of `numpy_gru_cell_step` after its products, in float64
+    and by hand (state's path through `hidden` excluded), for dL/dh' = upstream."""
+    projected, hidden, state, g = (a.astype("float64") for a in (projected, hidden, state,
+                                                                    upstream))
+    n = state.shape[1]
+    r = sigmoid(projected[:, :n] + hidden[:, :n])
+    z = sigmoid(projected[:, n:2 * n] + hidden[:, n:2 * n])
+    c = np.tanh(projected[:, 2 * n:] + r * hidden[:, 2 * n:])
+    d_c = g * (1 - z) * (1 - c ** 2)
+    d_z = g * (state - c) * z * (1 - z)
+    d_r = d_c * hidden[:, 2 * n:] * r * (1 - r)
+    return (np.concatenate([d_r, d_z, d_c], 1), np.concatenate([d_r, d_z, d_c * r], 1),
+            g * z)
+
+
+def test_the_reset_after_cell_s_written_gradient_matches_numpy_and_the_traced_one(rng):
+    import tensorflow as tf
+
+    from tf_gru4rec.nn.layers import gru_stack
+
+    projected = tf.constant(rng.normal(size=(5, 12)).astype("float32"))
+    hidden = tf.constant(rng.normal(size=(5, 12)).astype("float32"))
+    state = tf.constant(rng.normal(size=(5, 4)).astype("float32") * 3)  # carried states grow
+    upstream = tf.constant(rng.normal(size=(5, 4)).astype("float32"))
+    grads = {}
+    for name, cell in [("written", gru_stack._reset_after_gates_trained),
+                       ("traced", lambda p, q, s: gru_stack._reset_after_gates(p, q, s, 4)[0])]:
+        with tf.GradientTape() as tape:
+            tape.watch([projected, hidden, state])
+            out = cell(projected, hidden, state)
+        grads[name] = tape.gradient(out, [projected, hidden, state], output_gradients=upstream)
+        np.testing.assert_allclose(out, numpy_gru_cell_step(
+            projected.numpy(), state.numpy(), np.zeros((4, 12), "float32"), hidden.numpy()),
+            atol=1e-5)  # u = 0: hidden enters as the bias b_h
+    want = numpy_gru_cell_gradient(projected.numpy(), hidden.numpy(), state.numpy(),
+                                   upstream.numpy())
+    for got_written, got_traced, expected in zip(grads["written"], grads["traced"], want,
+                                                 strict=True):
+        np.testing.assert_allclose(got_written, expected, atol=1e-5)
+        np.testing.assert_allclose(got_traced, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [[4], [4, 3]])
+def test_training_gradients_of_the_stack_equal_the_traced_ones(rng, layers, monkeypatch):
+    """Training takes the written gradient (and only training), and it gives the same weight
+    gradients through a whole stack as the traced one."""
+    import tensorflow as tf
+
+    from tf_gru4rec.nn.layers import gru_stack
+
+    calls = []
+    written = gru_stack._reset_after_gates_trained
+    monkeypatch.setattr(gru_stack, "_reset_after_gates_trained",
+                        lambda *args: calls.append(1) or written(*args))
+    stack = GRUStack(layers, seed=4)
+    stack.build((None, 5))
+    randomise_biases(stack, rng)
+    x = rng.normal(size=(3, 5)).astype("float32")
+    states = [rng.normal(size=(3, h)).astype("float32") for h in layers]
+    weights = rng.normal(size=(3, layers[-1])).astype("float32")
+    grads = {}
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            out, new_states = stack(x, states, training=training)
+            loss = tf.reduce_sum(out * weights) + tf.reduce_sum(new_states[0] ** 2)
+        grads[training] = tape.gradient(loss, stack.trainable_variables)
+        assert len(calls) == (len(layers) if training else 0)
+        calls.clear()
+    for written, traced in zip(grads[True], grads[False], strict=True):
+        np.testing.assert_allclose(written, traced, rtol=1e-5, atol=1e-6)
+
+
 def test_dropout_output_is_the_carried_state():
     stack = GRUStack([50], dropout=0.5, seed=3)
     stack.build((None, 4))
@@ -189,6 +262,42 @@ def test_cross_entropy_over_columns_equals_the_masked_cross_entropy(rng):
     expected = reference("cross-entropy", np.diag(scores[:, :5]), scores, mask)
     valid_rows = column_valid[:5] > 0
     np.testing.assert_allclose(got[valid_rows], expected[valid_rows], rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_over_columns_gradient_matches_numpy_with_masked_columns(rng):
+    """The written-out gradient, dL_i/dr_ij = w_i (s_ij - [j == i]) with w_i = p_i /
+    (p_i + 1e-24), against NumPy (float64) on valid rows and against the traced gradient of
+    the masked form on every row (empty slots included), for random upstream gradients."""
+    import tensorflow as tf
+
+    batch, columns = 6, 15
+    for _ in range(3):
+        scores = rng.normal(size=(batch, columns)).astype("float32") * 3
+        scores[1, 1] = 20.0  # an empty slot's target above its row: the clamp acts
+        scores = tf.constant(scores)
+        column_valid = np.ones(columns, "float32")
+        column_valid[[1, 4]] = 0.0  # empty slots: rows 1 and 4 and their target columns
+        upstream = tf.constant(rng.normal(size=batch).astype("float32"))
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            loss = losses.cross_entropy_over_columns(scores, tf.constant(column_valid))
+        grad = tape.gradient(loss, scores, output_gradients=upstream).numpy()
+        with tf.GradientTape() as tape:  # the traced form it replaces
+            tape.watch(scores)
+            x = tf.where(column_valid[None, :] > 0, scores, -1e30)
+            traced = -losses._log_softmax_target(x, tf.linalg.diag_part(scores[:, :batch]),
+                                                 column_valid[None, :])
+        traced_grad = tape.gradient(traced, scores, output_gradients=upstream).numpy()
+        np.testing.assert_allclose(loss, traced, rtol=1e-6)
+        np.testing.assert_allclose(grad, traced_grad, atol=1e-6)
+        x = np.where(column_valid > 0, scores.numpy().astype("float64"), -np.inf)
+        s = np.exp(x - x.max(axis=1, keepdims=True))
+        s /= s.sum(axis=1, keepdims=True)
+        p = np.diag(s[:, :batch])
+        want = (upstream.numpy() * p / (p + 1e-24))[:, None] * (s - np.eye(batch, columns))
+        rows = column_valid[:batch] > 0
+        np.testing.assert_allclose(grad[rows], want[rows], atol=1e-6)
+        assert not grad[:, column_valid == 0][rows].any()  # masked columns get nothing
 
 
 def numpy_port_cross_entropy_and_gradient(x):

@@ -214,6 +214,22 @@ def test_the_xla_block_trains_like_the_uncompiled_one(synthetic_log, n_sample):
     assert_same_weights(plain, compiled, atol=5e-5)  # XLA fuses differently: float32 noise
 
 
+def test_training_takes_the_written_gradients(synthetic_log, monkeypatch):
+    """The compiled block's step differentiates the reset-after cell and the cross-entropy
+    through their written-out gradients (a faster form of the same maths)."""
+    from tf_gru4rec.nn import losses
+    from tf_gru4rec.nn.layers import gru_stack
+
+    calls = []
+    for module, name in [(gru_stack, "_reset_after_gates_trained"),
+                         (losses, "cross_entropy_over_columns")]:
+        function = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=function, _n=name:
+                            calls.append(_n) or _f(*a))
+    train_35_steps(synthetic_log[0], SMALL.replace(loss="cross-entropy"), "full", blocks=True)
+    assert sorted(set(calls)) == ["_reset_after_gates_trained", "cross_entropy_over_columns"]
+
+
 def test_compile_rejects_an_unknown_step_compilation():
     model = build_model(SMALL, 10)
     with pytest.raises(ValueError, match="step_compilation"):

@@ -60,15 +60,38 @@ def cross_entropy_over_columns(scores, column_valid):
     are the batch's targets (row i's target in column i): scores [B, C], column_valid [C]
     (1.0 for a real column) -> [B].
 
-    L_i = -log(softmax_j(r_ij)_i + 1e-24) over the valid columns, which equals
+    L_i = -log(p_i + 1e-24), p_i = softmax_j(r_ij)_i over the valid columns, which equals
     `cross_entropy(r_ii, r_i., mask)` with mask = column_valid off the diagonal for every
     valid row i (its own column is valid), without copying the positives into a new column.
+    Its gradient is written out (the same maths as differentiating `_log_softmax_target`):
+    dL_i/dr_ij = w_i (s_ij - [j == i]), w_i = p_i / (p_i + 1e-24), s the softmax; one pass
+    over [B, C] where the traced gradient takes several (BENCHMARKS.md, "Fifth look").
     """
-    batch = ops.shape(scores)[0]
-    positive = ops.diagonal(scores[:, :batch])
+    import tensorflow as tf
+
+    batch = tf.shape(scores)[0]
     valid = column_valid[None, :] > 0
-    x = ops.where(valid, scores, ops.full_like(scores, _NEG_INF))
-    return -_log_softmax_target(x, positive, ops.cast(valid, scores.dtype))
+
+    @tf.custom_gradient
+    def loss_of(scores):
+        x = tf.where(valid, scores, tf.constant(_NEG_INF, scores.dtype))
+        shift = tf.reduce_max(x, axis=1)  # [B]
+        exp = tf.exp(x - shift[:, None])  # [B, C]; 0 in the masked columns
+        total = tf.maximum(tf.reduce_sum(exp, axis=1), _TINY)
+        # A valid row's target is one of its columns, so it is <= shift there; the clamp
+        # keeps rows without a valid target column (empty slots, masked later) finite.
+        centred = tf.linalg.diag_part(scores[:, :batch]) - shift
+        target = tf.exp(tf.minimum(centred, 0.0)) / total  # p_i [B]
+
+        def gradient(upstream):
+            weight = upstream * target / (target + _TINY)  # [B]
+            at_target = weight * tf.cast(centred <= 0.0, weight.dtype)  # the clamp's gradient
+            diagonal = tf.eye(batch, tf.shape(scores)[1], dtype=scores.dtype)
+            return exp * (weight / total)[:, None] - diagonal * at_target[:, None]
+
+        return -tf.math.log(target + _TINY), gradient
+
+    return loss_of(scores)
 
 
 def bpr(positive, negatives, mask):

@@ -6,6 +6,7 @@ import math
 import zlib
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tf_gru4rec.nn.layers.dropout import HashDropout
@@ -161,7 +162,8 @@ class GRUStack(keras.layers.Layer):
             else:
                 projected = ops.matmul(x, weights["W_x"]) + weights["b"]
             if self.reset_after(i):
-                x = _reset_after_step(projected, states[i], weights["U"], weights["b_h"], h)
+                x = _reset_after_step(projected, states[i], weights["U"], weights["b_h"], h,
+                                      written_gradient=training is True)
             else:
                 x = _reset_before_step(projected, states[i], weights["U_rz"], weights["U_c"], h)
             x = self._dropout_layers[i](x, training=training)
@@ -175,13 +177,49 @@ class GRUStack(keras.layers.Layer):
         return config
 
 
-def _reset_after_step(projected, state, recurrent, recurrent_bias, h):
-    """torch.nn.GRUCell: projected = x W + b [B, 3h] ([r | z | n]), state [B, h]."""
+def _reset_after_step(projected, state, recurrent, recurrent_bias, h, written_gradient=False):
+    """torch.nn.GRUCell: projected = x W + b [B, 3h] ([r | z | n]), state [B, h].
+
+    With `written_gradient` (training) the gates' gradient is `_reset_after_gates_trained`'s
+    written-out one; the forward values are the same either way."""
     hidden = ops.matmul(state, recurrent) + recurrent_bias  # (B, 3h)
+    if written_gradient:
+        return _reset_after_gates_trained(projected, hidden, state)
+    return _reset_after_gates(projected, hidden, state, h)[0]
+
+
+def _reset_after_gates(projected, hidden, state, h):
+    """The reset-after cell after its two products: projected [B, 3h], hidden = state U + b_h
+    [B, 3h], state [B, h] -> (new state [B, h], (r, z, n, hidden_n) each [B, h])."""
     rz = ops.sigmoid(projected[:, : 2 * h] + hidden[:, : 2 * h])
     r, z = rz[:, :h], rz[:, h:]
-    candidate = ops.tanh(projected[:, 2 * h :] + r * hidden[:, 2 * h :])
-    return z * state + (1.0 - z) * candidate
+    hidden_n = hidden[:, 2 * h :]
+    candidate = ops.tanh(projected[:, 2 * h :] + r * hidden_n)
+    return z * state + (1.0 - z) * candidate, (r, z, candidate, hidden_n)
+
+
+@tf.custom_gradient
+def _reset_after_gates_trained(projected, hidden, state):
+    """`_reset_after_gates` with its gradient written out. For g = dL/dh':
+        d_n = g (1 - z) (1 - n^2)        (the candidate's pre-activation)
+        d_z = g (h - n) z (1 - z)
+        d_r = d_n hidden_n r (1 - r)
+    dL/dprojected = [d_r | d_z | d_n], dL/dhidden = [d_r | d_z | d_n r], dL/dh = g z (the
+    path through `hidden` is the product's, outside). The traced gradient of the slices adds
+    padded copies of the three parts, which XLA computes element by element over [B, 3h]
+    (BENCHMARKS.md, "Fifth look"); here they are joined once."""
+    new_state, (r, z, candidate, hidden_n) = _reset_after_gates(
+        projected, hidden, state, state.shape[-1])
+
+    def gradient(upstream):
+        d_candidate = upstream * (1.0 - z) * (1.0 - candidate * candidate)
+        d_update = upstream * (state - candidate) * (z * (1.0 - z))
+        d_reset = d_candidate * hidden_n * (r * (1.0 - r))
+        d_projected = tf.concat([d_reset, d_update, d_candidate], axis=1)
+        d_hidden = tf.concat([d_reset, d_update, d_candidate * r], axis=1)
+        return d_projected, d_hidden, upstream * z
+
+    return new_state, gradient
 
 
 def _reset_before_step(projected, state, recurrent_gates, recurrent_candidates, h):
