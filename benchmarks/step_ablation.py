@@ -19,7 +19,10 @@ Variants:
     live `tf.data` pipeline (session-parallel steps and negative sampling): what the input costs;
   - "table gradient scattered whole": the step before the item table's gradient was scattered
     part by part (`concatenated_parts`): its concatenation of the inputs' and the scored
-    columns' rows is scattered in one piece. Same maths, the same weights to the last bit.
+    columns' rows is scattered in one piece. Same maths, the same weights to the last bit;
+  - "traced gradients": the step before the reset-after GRU cell and the sampled losses
+    (cross-entropy, BPR-max) had written-out gradients: TensorFlow traces them (the same
+    maths; other rounding in the last bits).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
 )
 
 VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory",
-            "table gradient scattered whole")
+            "table gradient scattered whole", "traced gradients")
 
 
 def _skipping_optimizer(config):
@@ -80,6 +83,50 @@ def _whole_scatter_optimizer(config):
     return ScatteredWhole(learning_rate=config.learning_rate, momentum=config.momentum)
 
 
+def _traced_gradients(model):
+    """Make `model` trace the gradients of its reset-after cell and its cross-entropy or
+    BPR-max, as before they were written out: the traced forms are swapped in while its
+    training block is traced."""
+    import types
+
+    import tensorflow as tf
+
+    from tf_gru4rec.nn import losses
+    from tf_gru4rec.nn.layers import gru_stack
+
+    def traced_cell(projected, hidden, state):
+        return gru_stack._reset_after_gates(projected, hidden, state, state.shape[-1])[0]
+
+    def traced_cross_entropy(scores, column_valid):
+        batch = tf.shape(scores)[0]
+        valid = column_valid[None, :] > 0
+        x = tf.where(valid, scores, tf.fill(tf.shape(scores), -1e30))
+        positive = tf.linalg.diag_part(scores[:, :batch])
+        return -losses._log_softmax_target(x, positive, tf.cast(valid, scores.dtype))
+
+    def traced_bpr_max(scores, column_valid, bpreg=0.0):
+        batch = tf.shape(scores)[0]
+        mask = column_valid[None, :] * (1.0 - tf.eye(batch, tf.shape(scores)[1]))
+        return losses.bpr_max(tf.linalg.diag_part(scores[:, :batch]), scores, mask, bpreg=bpreg)
+
+    written = ((gru_stack, "_reset_after_gates_trained", traced_cell),
+               (losses, "cross_entropy_over_columns", traced_cross_entropy),
+               (losses, "bpr_max_over_columns", traced_bpr_max))
+    run_block = type(model)._run_block
+
+    def _run_block(self, *args):
+        saved = [getattr(module, name) for module, name, _ in written]
+        for module, name, traced in written:
+            setattr(module, name, traced)
+        try:
+            return run_block(self, *args)
+        finally:
+            for (module, name, _), function in zip(written, saved, strict=True):
+                setattr(module, name, function)
+
+    object.__setattr__(model, "_run_block", types.MethodType(_run_block, model))
+
+
 def _variant(name: str, config, log):
     """(model, input source, dataset) of variant `name`."""
     import keras
@@ -100,6 +147,8 @@ def _variant(name: str, config, log):
                      else _whole_scatter_optimizer)(config)
         model.compile(optimizer=optimizer,
                       step_compilation="full" if config.jit_compile else None)
+    if name == "traced gradients":
+        _traced_gradients(model)
     dataset = source.dataset(blocks=True)
     if name == "input in memory":
         blocks = list(dataset)  # epoch 0's blocks

@@ -300,6 +300,53 @@ def test_cross_entropy_over_columns_gradient_matches_numpy_with_masked_columns(r
         assert not grad[:, column_valid == 0][rows].any()  # masked columns get nothing
 
 
+def numpy_bpr_max_and_gradient(scores, column_valid, bpreg):
+    """BPR-max over the column form (row i's target in column i, its negatives the other
+    valid columns) and its gradient by hand, in float64: per row and as [B, C]."""
+    scores = scores.astype("float64")
+    batch, columns = scores.shape[0], scores.shape[1]
+    mask = column_valid[None, :] * (1.0 - np.eye(batch, columns)) > 0
+    losses_, grads = [], np.zeros_like(scores)
+    for i in range(batch):
+        r, p = scores[i], scores[i, i]
+        e = np.where(mask[i], np.exp(r - r[mask[i]].max()), 0.0)
+        s = e / e.sum()
+        sigma = sigmoid(p - r)
+        ranking, regulariser = np.sum(s * sigma), np.sum(s * r ** 2)
+        losses_.append(-np.log(ranking + 1e-24) + bpreg * regulariser)
+        grads[i] = s * (bpreg * (r ** 2 - regulariser + 2 * r)
+                        - (sigma ** 2 - ranking) / (ranking + 1e-24))
+        grads[i, i] += -np.sum(s * sigma * (1 - sigma)) / (ranking + 1e-24)
+    return np.array(losses_), grads
+
+
+def test_bpr_max_over_columns_matches_numpy_and_the_traced_gradient(rng):
+    import tensorflow as tf
+
+    batch, columns = 6, 15
+    for _ in range(3):
+        scores = tf.constant(rng.normal(size=(batch, columns)).astype("float32") * 2)
+        column_valid = np.ones(columns, "float32")
+        column_valid[[1, 4]] = 0.0  # empty slots: rows 1 and 4 and their target columns
+        upstream = rng.normal(size=batch).astype("float32")
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            loss = losses.bpr_max_over_columns(scores, tf.constant(column_valid), 0.7)
+        grad = tape.gradient(loss, scores, output_gradients=upstream).numpy()
+        with tf.GradientTape() as tape:  # the traced form it replaces
+            tape.watch(scores)
+            mask = column_valid[None, :] * (1.0 - np.eye(batch, columns, dtype="float32"))
+            traced = losses.bpr_max(tf.linalg.diag_part(scores[:, :batch]), scores, mask,
+                                    bpreg=0.7)
+        traced_grad = tape.gradient(traced, scores, output_gradients=upstream).numpy()
+        np.testing.assert_allclose(loss, traced, rtol=1e-6)
+        np.testing.assert_allclose(grad, traced_grad, atol=1e-5)
+        want_loss, want_grad = numpy_bpr_max_and_gradient(scores.numpy(), column_valid, 0.7)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, upstream[:, None] * want_grad, atol=1e-5)
+        assert not grad[:, column_valid == 0][column_valid[:batch] > 0].any()
+
+
 def numpy_port_cross_entropy_and_gradient(x):
     """The PyTorch port's -log(softmax(x)[:, 0] + 1e-24) per row (target in column 0) and its
     gradient with respect to x, by hand: dL/dx_j = p / (p + 1e-24) * (s_j - [j == 0])."""

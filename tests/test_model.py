@@ -214,20 +214,23 @@ def test_the_xla_block_trains_like_the_uncompiled_one(synthetic_log, n_sample):
     assert_same_weights(plain, compiled, atol=5e-5)  # XLA fuses differently: float32 noise
 
 
-def test_training_takes_the_written_gradients(synthetic_log, monkeypatch):
-    """The compiled block's step differentiates the reset-after cell and the cross-entropy
-    through their written-out gradients (a faster form of the same maths)."""
+@pytest.mark.parametrize("loss, written", [("cross-entropy", "cross_entropy_over_columns"),
+                                           ("bpr-max", "bpr_max_over_columns")])
+def test_training_takes_the_written_gradients(synthetic_log, monkeypatch, loss, written):
+    """The compiled block's step differentiates the reset-after cell and the loss through
+    their written-out gradients (a faster form of the same maths), bpreg included."""
     from tf_gru4rec.nn import losses
     from tf_gru4rec.nn.layers import gru_stack
 
     calls = []
-    for module, name in [(gru_stack, "_reset_after_gates_trained"),
-                         (losses, "cross_entropy_over_columns")]:
+    for module, name in [(gru_stack, "_reset_after_gates_trained"), (losses, written)]:
         function = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=function, _n=name:
-                            calls.append(_n) or _f(*a))
-    train_35_steps(synthetic_log[0], SMALL.replace(loss="cross-entropy"), "full", blocks=True)
-    assert sorted(set(calls)) == ["_reset_after_gates_trained", "cross_entropy_over_columns"]
+                            calls.append((_n, a[2:])) or _f(*a))
+    train_35_steps(synthetic_log[0], SMALL.replace(loss=loss, bpreg=0.3), "full", blocks=True)
+    assert sorted({name for name, _ in calls}) == sorted(["_reset_after_gates_trained", written])
+    if loss == "bpr-max":
+        assert {extra for name, extra in calls if name == written} == {(0.3,)}
 
 
 def test_compile_rejects_an_unknown_step_compilation():

@@ -122,6 +122,46 @@ def bpr_max(positive, negatives, mask, bpreg: float = 0.0):
     return -ops.log(ranking + _TINY) + bpreg * regulariser
 
 
+def bpr_max_over_columns(scores, column_valid, bpreg: float = 0.0):
+    """`bpr_max` straight from the sampled head's score matrix (row i's target in column i,
+    as in `cross_entropy_over_columns`): scores [B, C], column_valid [C] -> [B]. Row i's
+    negatives are its valid columns other than i.
+
+    Its gradient is written out (the same maths as differentiating `bpr_max`). With s the
+    softmax over the negatives, sigma_j = sigmoid(r_ii - r_ij), R = sum_j s_j sigma_j and
+    Q = sum_j s_j r_ij^2 (L = -log(R + 1e-24) + bpreg Q):
+        dL/dr_ij = s_j [bpreg (r_ij^2 - Q + 2 r_ij) - (sigma_j^2 - R) / (R + 1e-24)]
+        dL/dr_ii = -sum_j s_j sigma_j (1 - sigma_j) / (R + 1e-24)
+    in one pass over [B, C] (BENCHMARKS.md, "Fifth look").
+    """
+    import tensorflow as tf
+
+    batch, columns = tf.shape(scores)[0], tf.shape(scores)[1]
+    diagonal = tf.eye(batch, columns, dtype=scores.dtype)
+    mask = column_valid[None, :] * (1.0 - diagonal)  # [B, C]
+
+    @tf.custom_gradient
+    def loss_of(scores):
+        s = negative_softmax(scores, mask)
+        positive = tf.linalg.diag_part(scores[:, :batch])
+        sigma = tf.sigmoid(positive[:, None] - scores)
+        ranking = tf.reduce_sum(s * sigma, axis=1)
+        square = tf.square(scores)
+        regulariser = tf.reduce_sum(s * square, axis=1)
+
+        def gradient(upstream):
+            inverse = upstream / (ranking + _TINY)  # [B]
+            negatives = s * (bpreg * upstream[:, None] * (square - regulariser[:, None]
+                                                          + 2.0 * scores)
+                             - inverse[:, None] * (tf.square(sigma) - ranking[:, None]))
+            target = -inverse * tf.reduce_sum(s * sigma * (1.0 - sigma), axis=1)
+            return negatives + diagonal * target[:, None]
+
+        return -tf.math.log(ranking + _TINY) + bpreg * regulariser, gradient
+
+    return loss_of(scores)
+
+
 LOSSES = {
     "cross-entropy": cross_entropy,
     "bpr": bpr,

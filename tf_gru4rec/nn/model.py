@@ -195,11 +195,11 @@ class GRU4Rec(BlockTraining, keras.Model):
             [valid, ops.ones((ops.shape(negatives)[0],))])
         if self.loss_name == "cross-entropy":
             return losses.cross_entropy_over_columns(scores, column_valid)
+        if self.loss_name == "bpr-max":
+            return losses.bpr_max_over_columns(scores, column_valid, self.bpreg)
         eye = ops.eye(batch, ops.shape(columns)[0])
         positive = ops.diagonal(scores[:, :batch])
         mask = column_valid[None, :] * (1.0 - eye)
-        if self.loss_name == "bpr-max":
-            return self.loss_fn(positive, scores, mask, bpreg=self.bpreg)
         return self.loss_fn(positive, scores, mask)
 
     def get_config(self):
