@@ -6,10 +6,13 @@ Every loss takes, for B events:
   mask: [B, C] 1.0 where column j is a real negative for row i, 0.0 where it is not
         (the row's own target, or an empty slot),
 and returns the per-event loss [B]. N_S is the number of real negatives of a row.
+Training takes cross-entropy and BPR-max from the head's score matrix
+(`cross_entropy_over_columns`, `bpr_max_over_columns`), with their gradients written out.
 """
 
 from __future__ import annotations
 
+import tensorflow as tf
 from keras import ops
 
 _TINY = 1e-24
@@ -67,8 +70,6 @@ def cross_entropy_over_columns(scores, column_valid):
     dL_i/dr_ij = w_i (s_ij - [j == i]), w_i = p_i / (p_i + 1e-24), s the softmax; one pass
     over [B, C] where the traced gradient takes several (BENCHMARKS.md, "Fifth look").
     """
-    import tensorflow as tf
-
     batch = tf.shape(scores)[0]
     valid = column_valid[None, :] > 0
 
@@ -134,8 +135,6 @@ def bpr_max_over_columns(scores, column_valid, bpreg: float = 0.0):
         dL/dr_ii = -sum_j s_j sigma_j (1 - sigma_j) / (R + 1e-24)
     in one pass over [B, C] (BENCHMARKS.md, "Fifth look").
     """
-    import tensorflow as tf
-
     batch, columns = tf.shape(scores)[0], tf.shape(scores)[1]
     diagonal = tf.eye(batch, columns, dtype=scores.dtype)
     mask = column_valid[None, :] * (1.0 - diagonal)  # [B, C]
