@@ -117,10 +117,16 @@ def top1_max(positive, negatives, mask):
 def bpr_max(positive, negatives, mask, bpreg: float = 0.0):
     """L = -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2,
     s = softmax over the negatives."""
-    s = negative_softmax(negatives, mask)
-    ranking = ops.sum(s * ops.sigmoid(positive[:, None] - negatives), axis=1)
-    regulariser = ops.sum(s * ops.square(negatives), axis=1)
+    _, _, ranking, regulariser = _bpr_max_terms(positive, negatives, mask)
     return -ops.log(ranking + _TINY) + bpreg * regulariser
+
+
+def _bpr_max_terms(positive, negatives, mask):
+    """BPR-max's terms: s, the softmax over the real negatives [B, C]; sigma_j =
+    sigmoid(r_i - r_j) [B, C]; R = sum_j s_j sigma_j and Q = sum_j s_j r_j^2 [B]."""
+    s = negative_softmax(negatives, mask)
+    sigma = ops.sigmoid(positive[:, None] - negatives)
+    return s, sigma, ops.sum(s * sigma, axis=1), ops.sum(s * ops.square(negatives), axis=1)
 
 
 def bpr_max_over_columns(scores, column_valid, bpreg: float = 0.0):
@@ -141,15 +147,12 @@ def bpr_max_over_columns(scores, column_valid, bpreg: float = 0.0):
 
     @tf.custom_gradient
     def loss_of(scores):
-        s = negative_softmax(scores, mask)
-        positive = tf.linalg.diag_part(scores[:, :batch])
-        sigma = tf.sigmoid(positive[:, None] - scores)
-        ranking = tf.reduce_sum(s * sigma, axis=1)
-        square = tf.square(scores)
-        regulariser = tf.reduce_sum(s * square, axis=1)
+        s, sigma, ranking, regulariser = _bpr_max_terms(
+            tf.linalg.diag_part(scores[:, :batch]), scores, mask)
 
         def gradient(upstream):
             inverse = upstream / (ranking + _TINY)  # [B]
+            square = tf.square(scores)
             negatives = s * (bpreg * upstream[:, None] * (square - regulariser[:, None]
                                                           + 2.0 * scores)
                              - inverse[:, None] * (tf.square(sigma) - ranking[:, None]))
