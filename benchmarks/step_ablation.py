@@ -22,7 +22,10 @@ Variants:
     columns' rows is scattered in one piece. Same maths, the same weights to the last bit;
   - "traced gradients": the step before the reset-after GRU cell and the sampled losses
     (cross-entropy, BPR-max) had written-out gradients: TensorFlow traces them (the same
-    maths; other rounding in the last bits).
+    maths; other rounding in the last bits);
+  - "slots-major sampled product": the step before the sampled scores' products took the
+    items as their rows (`item_scores.sampled_product`): [B, H] x [H, C] forward and its
+    traced gradients (the same maths; other rounding in the last bits).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
 )
 
 VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory",
-            "table gradient scattered whole", "traced gradients")
+            "table gradient scattered whole", "traced gradients", "slots-major sampled product")
 
 
 def _skipping_optimizer(config):
@@ -83,16 +86,41 @@ def _whole_scatter_optimizer(config):
     return ScatteredWhole(learning_rate=config.learning_rate, momentum=config.momentum)
 
 
+def _swapped_while_traced(model, swaps):
+    """Make `model` trace its training block with `swaps` [(module, name, function)] set."""
+    import types
+
+    run_block = type(model)._run_block
+
+    def _run_block(self, *args):
+        saved = [getattr(module, name) for module, name, _ in swaps]
+        for module, name, function in swaps:
+            setattr(module, name, function)
+        try:
+            return run_block(self, *args)
+        finally:
+            for (module, name, _), function in zip(swaps, saved, strict=True):
+                setattr(module, name, function)
+
+    object.__setattr__(model, "_run_block", types.MethodType(_run_block, model))
+
+
+def _slots_major_product(model):
+    """Make `model` score the sampled items slots-major, as before `sampled_product`."""
+    from tf_gru4rec.nn.layers import item_scores
+
+    _swapped_while_traced(model, [(item_scores, "items_major", lambda slots, columns: False)])
+
+
 def _traced_gradients(model):
     """Make `model` trace the gradients of its reset-after cell and its cross-entropy or
-    BPR-max, as before they were written out: the traced forms are swapped in while its
-    training block is traced."""
-    import types
+    BPR-max, as before they were written out: the traced forms (and the slots-major sampled
+    product of that time) are swapped in while its training block is traced."""
 
     import tensorflow as tf
 
     from tf_gru4rec.nn import losses
-    from tf_gru4rec.nn.layers import gru_stack
+    from tf_gru4rec.nn.layers import gru_stack, item_scores
 
     def traced_cell(projected, hidden, state):
         return gru_stack._reset_after_gates(projected, hidden, state, state.shape[-1])[0]
@@ -109,22 +137,10 @@ def _traced_gradients(model):
         mask = column_valid[None, :] * (1.0 - tf.eye(batch, tf.shape(scores)[1]))
         return losses.bpr_max(tf.linalg.diag_part(scores[:, :batch]), scores, mask, bpreg=bpreg)
 
-    written = ((gru_stack, "_reset_after_gates_trained", traced_cell),
-               (losses, "cross_entropy_over_columns", traced_cross_entropy),
-               (losses, "bpr_max_over_columns", traced_bpr_max))
-    run_block = type(model)._run_block
-
-    def _run_block(self, *args):
-        saved = [getattr(module, name) for module, name, _ in written]
-        for module, name, traced in written:
-            setattr(module, name, traced)
-        try:
-            return run_block(self, *args)
-        finally:
-            for (module, name, _), function in zip(written, saved, strict=True):
-                setattr(module, name, function)
-
-    object.__setattr__(model, "_run_block", types.MethodType(_run_block, model))
+    _swapped_while_traced(model, [(gru_stack, "_reset_after_gates_trained", traced_cell),
+                                  (losses, "cross_entropy_over_columns", traced_cross_entropy),
+                                  (losses, "bpr_max_over_columns", traced_bpr_max),
+                                  (item_scores, "items_major", lambda slots, columns: False)])
 
 
 def _variant(name: str, config, log):
@@ -149,6 +165,8 @@ def _variant(name: str, config, log):
                       step_compilation="full" if config.jit_compile else None)
     if name == "traced gradients":
         _traced_gradients(model)
+    if name == "slots-major sampled product":
+        _slots_major_product(model)
     dataset = source.dataset(blocks=True)
     if name == "input in memory":
         blocks = list(dataset)  # epoch 0's blocks

@@ -217,6 +217,67 @@ def test_item_scores_sampled_and_full(rng):
     np.testing.assert_allclose(layer.sampled(h, cols), h @ w[cols].T + b[cols], atol=1e-5)
 
 
+@pytest.mark.parametrize(("slots", "columns", "expected"), [
+    (32, 2080, True), (32, 544, True), (16, 2064, True), (32, 512, True), (32, 511, False),
+    (32, 288, False), (33, 4000, False), (64, 2112, False), (500, 500, False),
+    (None, 2080, False), (32, None, False)])
+def test_items_major_products_only_for_few_slots_and_many_columns(slots, columns, expected):
+    from tf_gru4rec.nn.layers import item_scores
+
+    assert item_scores.items_major(slots, columns) is expected
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_items_major_product_matches_numpy_and_the_plain_product(rng, compiled):
+    """Scores and both gradients of the items-major form against NumPy (float64) and against
+    TensorFlow's traced gradient of the plain product, eagerly and under XLA."""
+    import tensorflow as tf
+
+    from tf_gru4rec.nn.layers import item_scores
+
+    h = rng.normal(size=(4, 3)).astype("float32")
+    rows = rng.normal(size=(70, 3)).astype("float32")  # 70 >= 16 x 4: items-major
+    upstream = rng.normal(size=(4, 70)).astype("float32")
+    assert item_scores.items_major(4, 70)
+
+    def scores_and_gradients(product):
+        def run(h, rows):
+            with tf.GradientTape() as tape:
+                tape.watch([h, rows])
+                scores = product(h, rows)
+            return (scores, *tape.gradient(scores, [h, rows], output_gradients=upstream))
+        run = tf.function(run, jit_compile=True) if compiled else run
+        return [x.numpy() for x in run(tf.constant(h), tf.constant(rows))]
+
+    written = scores_and_gradients(item_scores.sampled_product)
+    plain = scores_and_gradients(lambda h, rows: tf.matmul(h, rows, transpose_b=True))
+    h64, rows64, up64 = (x.astype("float64") for x in (h, rows, upstream))
+    expected = [h64 @ rows64.T, up64 @ rows64, up64.T @ h64]
+    for got, traced, want in zip(written, plain, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, traced, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_scores_take_the_items_major_product_by_shape(rng, monkeypatch):
+    from tf_gru4rec.nn.layers import item_scores
+
+    calls = []
+    written = item_scores._items_major_product
+    monkeypatch.setattr(item_scores, "_items_major_product",
+                        lambda *a: calls.append(a[1].shape) or written(*a))
+    layer = ItemScores(40, 3, seed=0)
+    layer.build()
+    layer.item_bias.assign(rng.normal(size=40))
+    w, b = layer.item_weights.numpy(), layer.item_bias.numpy()
+    h = rng.normal(size=(2, 3)).astype("float32")
+    for n_columns, items_major in ((31, False), (32, True)):  # 16 columns per slot
+        cols = rng.integers(0, 40, size=n_columns)
+        np.testing.assert_allclose(layer.sampled(h, cols), h @ w[cols].T + b[cols], atol=1e-5)
+        assert calls == ([(n_columns, 3)] if items_major else [])
+        calls.clear()
+
+
 # ----------------------------------------------------------------- losses
 def reference(name, pos, neg, mask, bpreg=0.0):
     """Row-by-row NumPy versions of SPEC.md's formulas over the real negatives only."""

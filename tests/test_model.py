@@ -233,6 +233,45 @@ def test_training_takes_the_written_gradients(synthetic_log, monkeypatch, loss, 
         assert {extra for name, extra in calls if name == written} == {(0.3,)}
 
 
+@pytest.mark.parametrize(("n_sample", "items_major"), [(120, True), (10, False)])
+def test_training_takes_the_items_major_product_with_many_columns_per_slot(
+        synthetic_log, monkeypatch, n_sample, items_major):
+    """With 8 slots and 128 columns (16 per slot) the compiled block scores the items
+    items-major; with 18 columns it keeps the plain product."""
+    from tf_gru4rec.nn.layers import item_scores
+
+    calls = []
+    written = item_scores._items_major_product
+    monkeypatch.setattr(item_scores, "_items_major_product",
+                        lambda *a: calls.append(a[1].shape) or written(*a))
+    train_35_steps(synthetic_log[0], SMALL.replace(n_sample=n_sample), "full", blocks=True)
+    assert set(calls) == ({(8 + n_sample, 16)} if items_major else set())
+
+
+def test_items_major_training_gradients_equal_the_plain_ones(synthetic_log, monkeypatch):
+    """One step's gradients of every weight, items-major against the plain product."""
+    from tf_gru4rec.nn.layers import item_scores
+
+    log = synthetic_log[0]
+    config = SMALL.replace(n_sample=120)
+    source = SessionParallelInput(log, config.batch_size, n_sample=config.n_sample,
+                                  steps_per_block=7)
+    block = next(iter(source.dataset(blocks=True)))
+    step = {key: value[3] for key, value in block.items()}  # mostly slots that go on
+    model = build_model(config, log.n_items, log.item_support())
+    states = [np.random.default_rng(0).normal(size=(8, 16)).astype("float32")]
+    grads = {}
+    for items_major in (True, False):
+        monkeypatch.setattr(item_scores, "items_major", lambda *_, _m=items_major: _m)
+        grads[items_major], *_ = model.forward_backward(step, states)
+    for variable, a, b in zip(model.trainable_variables, grads[True], grads[False], strict=True):
+        a, b = (tf.convert_to_tensor(g).numpy() if not isinstance(g, tf.IndexedSlices)
+                else tf.math.unsorted_segment_sum(g.values, g.indices, variable.shape[0]).numpy()
+                for g in (a, b))
+        assert np.abs(a).max() > 0, variable.path
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+
+
 def test_compile_rejects_an_unknown_step_compilation():
     model = build_model(SMALL, 10)
     with pytest.raises(ValueError, match="step_compilation"):
