@@ -37,6 +37,17 @@ def test_draws_are_deterministic_per_block_and_never_pick_unsupported_items():
     assert set(np.unique(a)) <= {1, 3}
 
 
+def test_draws_are_the_same_eagerly_and_in_the_input_pipeline():
+    """A block's samples do not depend on where the draw runs (a resumed run draws its
+    blocks in the pipeline again)."""
+    sampler = NegativeSampler(np.arange(1, 30), 0.5, n_sample=16, seed=3)
+    eager = [sampler.draw_block(tf.constant(1), tf.constant(b), 7).numpy() for b in (0, 7)]
+    in_pipeline = list(tf.data.Dataset.from_tensor_slices(tf.constant([0, 7], tf.int64)).map(
+        lambda b: sampler.draw_block(tf.constant(1, tf.int64), b, 7)).as_numpy_iterator())
+    for a, b in zip(eager, in_pipeline, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="non-negative"):
         sampling_probabilities(np.array([-1, 2]), 0.5)

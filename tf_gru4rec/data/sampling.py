@@ -2,7 +2,9 @@
 
 Samples are shared by the whole mini-batch (SPEC.md, "Output sampling"). They are drawn outside
 the compiled training step, in the input pipeline, in blocks of many steps at a time (the
-"sample cache"): sampling inside an XLA-compiled step is very slow on CPU.
+"sample cache"): sampling inside an XLA-compiled step is very slow on CPU. Each block's draw is
+a small XLA program of its own: TensorFlow's float64 random kernel alone took ~3/4 of the input
+pipeline's time, XLA's form of the same draw a fraction of it (BENCHMARKS.md, "Sixth look").
 """
 
 from __future__ import annotations
@@ -72,9 +74,14 @@ class NegativeSampler:
         self._accept = tf.constant(accept, dtype=tf.float64)
         self._alias = tf.constant(alias, dtype=tf.int32)
         self._n_items = len(accept)
+        self._compiled_draw = tf.function(self._draw, jit_compile=True)
 
     def draw_block(self, epoch: tf.Tensor, block: tf.Tensor, n_steps) -> tf.Tensor:
-        """int32 [n_steps, n_sample] samples of block `block` of epoch `epoch` (in-graph)."""
+        """int32 [n_steps, n_sample] samples of block `block` of epoch `epoch` (eagerly or
+        in-graph; compiled by XLA, one program per block length)."""
+        return self._compiled_draw(epoch, block, n_steps)
+
+    def _draw(self, epoch, block, n_steps):
         key = tf.stack([tf.cast(self.seed, tf.int64),
                         tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(block, tf.int64)])
         u = tf.random.stateless_uniform([n_steps * self.n_sample], seed=key, dtype=tf.float64)
