@@ -26,8 +26,6 @@ Variants:
   - "slots-major sampled product": the step before the sampled scores' products took the
     items as their rows (`item_scores.sampled_product`): [B, H] x [H, C] forward and its
     traced gradients (the same maths; other rounding in the last bits);
-  - "traced input product": the step before the GRU's input product had its written gradient
-    (`gru_stack._input_product_trained`; the same maths, other rounding in the last bits);
   - "draws uncompiled": the input pipeline before each block's negatives were drawn by an XLA
     program: TensorFlow's own kernels (other random numbers, the same distribution).
 """
@@ -54,7 +52,7 @@ from run import (  # noqa: E402  (benchmarks/run.py; no TensorFlow)
 
 VARIANTS = ("as trained", "item table not updated", "no momentum", "input in memory",
             "table gradient scattered whole", "traced gradients", "slots-major sampled product",
-            "traced input product", "draws uncompiled")
+            "draws uncompiled")
 
 
 def _skipping_optimizer(config):
@@ -117,24 +115,12 @@ def _slots_major_product(model):
     _swapped_while_traced(model, [(item_scores, "items_major", lambda slots, columns: False)])
 
 
-def _traced_input_product(model):
-    """Make `model` differentiate the GRU's input product as TensorFlow traces it."""
-    from keras import ops
-
-    from tf_gru4rec.nn.layers import gru_stack
-
-    _swapped_while_traced(model, [(gru_stack, "_input_product",
-                                   lambda x, kernel, trained=False: ops.matmul(x, kernel))])
-
-
 def _traced_gradients(model):
     """Make `model` trace the gradients of its reset-after cell and its cross-entropy or
     BPR-max, as before they were written out: the traced forms (and the slots-major sampled
-    product and traced input product of that time) are swapped in while its training block is
-    traced."""
+    product of that time) are swapped in while its training block is traced."""
 
     import tensorflow as tf
-    from keras import ops
 
     from tf_gru4rec.nn import losses
     from tf_gru4rec.nn.layers import gru_stack, item_scores
@@ -157,9 +143,7 @@ def _traced_gradients(model):
     _swapped_while_traced(model, [(gru_stack, "_reset_after_gates_trained", traced_cell),
                                   (losses, "cross_entropy_over_columns", traced_cross_entropy),
                                   (losses, "bpr_max_over_columns", traced_bpr_max),
-                                  (item_scores, "items_major", lambda slots, columns: False),
-                                  (gru_stack, "_input_product",
-                                   lambda x, kernel, trained=False: ops.matmul(x, kernel))])
+                                  (item_scores, "items_major", lambda slots, columns: False)])
 
 
 def _variant(name: str, config, log):
@@ -186,8 +170,6 @@ def _variant(name: str, config, log):
         _traced_gradients(model)
     if name == "slots-major sampled product":
         _slots_major_product(model)
-    if name == "traced input product":
-        _traced_input_product(model)
     if name == "draws uncompiled":
         source.sampler.draw_block = source.sampler._draw
     dataset = source.dataset(blocks=True)

@@ -223,14 +223,12 @@ def test_training_takes_the_written_gradients(synthetic_log, monkeypatch, loss, 
     from tf_gru4rec.nn.layers import gru_stack
 
     calls = []
-    for module, name in [(gru_stack, "_reset_after_gates_trained"),
-                         (gru_stack, "_input_product_trained"), (losses, written)]:
+    for module, name in [(gru_stack, "_reset_after_gates_trained"), (losses, written)]:
         function = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=function, _n=name:
                             calls.append((_n, a[2:])) or _f(*a))
     train_35_steps(synthetic_log[0], SMALL.replace(loss=loss, bpreg=0.3), "full", blocks=True)
-    assert sorted({name for name, _ in calls}) == sorted(
-        ["_reset_after_gates_trained", "_input_product_trained", written])
+    assert sorted({name for name, _ in calls}) == sorted(["_reset_after_gates_trained", written])
     if loss == "bpr-max":
         assert {extra for name, extra in calls if name == written} == {(0.3,)}
 

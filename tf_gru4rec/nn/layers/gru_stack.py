@@ -8,7 +8,6 @@ import zlib
 import keras
 import tensorflow as tf
 from keras import ops
-from tensorflow.compiler.tf2xla.python.xla import optimization_barrier
 
 from tf_gru4rec.nn.layers.dropout import HashDropout
 
@@ -161,8 +160,7 @@ class GRUStack(keras.layers.Layer):
             if i == 0 and self.one_hot_items:
                 projected = ops.take(weights["W_x"], x, axis=0) + weights["b"]
             else:
-                projected = _input_product(x, weights["W_x"], trained=training is True)
-                projected = projected + weights["b"]
+                projected = ops.matmul(x, weights["W_x"]) + weights["b"]
             if self.reset_after(i):
                 x = _reset_after_step(projected, states[i], weights["U"], weights["b_h"], h,
                                       written_gradient=training is True)
@@ -177,29 +175,6 @@ class GRUStack(keras.layers.Layer):
         config.update({"units": self.units, "one_hot_items": self.one_hot_items,
                        "dropout": self.dropout, "cell": self.cell, "seed": self.seed})
         return config
-
-
-def _input_product(x, kernel, trained=False):
-    """x [B, D] . kernel [D, 3h] -> [B, 3h]; with `trained`, `_input_product_trained`'s
-    gradient (the same values)."""
-    if trained:
-        return _input_product_trained(x, tf.convert_to_tensor(kernel))
-    return ops.matmul(x, kernel)
-
-
-@tf.custom_gradient
-def _input_product_trained(x, kernel):
-    """x . kernel whose gradient to x, g . kernel^T [B, D], is computed as the transpose of
-    kernel . g^T [D, B]: XLA's CPU dot library (YNNPACK) runs that form 1.05-1.9x faster at
-    every shape measured, B = 8-500 (BENCHMARKS.md, "Sixth look"). The maths is the same; the
-    sums may run in another order. The optimisation barrier keeps XLA from folding the
-    transpose back into the product."""
-
-    def gradient(upstream):  # (B, 3h)
-        (d_x_t,) = optimization_barrier(tf.matmul(kernel, upstream, transpose_b=True))  # (D, B)
-        return tf.transpose(d_x_t), tf.matmul(x, upstream, transpose_a=True)
-
-    return tf.matmul(x, kernel), gradient
 
 
 def _reset_after_step(projected, state, recurrent, recurrent_bias, h, written_gradient=False):
