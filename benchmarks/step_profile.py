@@ -45,11 +45,16 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* [\w\
 
 
 def product_shapes(config, n_items: int) -> dict[str, tuple[int, int, int]]:
-    """The step's matrix products as (m, k, n): out[m, n] = a[m, k] @ b[k, n]."""
+    """The step's matrix products as (m, k, n): out[m, n] = a[m, k] @ b[k, n]. The sampled
+    scores' forward product takes the form training uses (`item_scores.items_major`)."""
+    from tf_gru4rec.nn.layers.item_scores import items_major
+
     b, h = config.batch_size, config.layers[-1]
     columns = b + config.n_sample
+    forward = (("scores forward, items-major [C,H]x[H,B]", (columns, h, b))
+               if items_major(b, columns) else ("scores forward [B,H]x[H,C]", (b, h, columns)))
     shapes = {
-        "scores forward [B,H]x[H,C]": (b, h, columns),
+        forward[0]: forward[1],
         "scores backward to hidden [B,C]x[C,H]": (b, columns, h),
         "scores backward to items [C,B]x[B,H]": (columns, b, h),
     }
