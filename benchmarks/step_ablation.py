@@ -119,7 +119,6 @@ def _traced_gradients(model):
     """Make `model` trace the gradients of its reset-after cell and its cross-entropy or
     BPR-max, as before they were written out: the traced forms (and the slots-major sampled
     product of that time) are swapped in while its training block is traced."""
-
     import tensorflow as tf
 
     from tf_gru4rec.nn import losses

@@ -51,10 +51,12 @@ def product_shapes(config, n_items: int) -> dict[str, tuple[int, int, int]]:
 
     b, h = config.batch_size, config.layers[-1]
     columns = b + config.n_sample
-    forward = (("scores forward, items-major [C,H]x[H,B]", (columns, h, b))
-               if items_major(b, columns) else ("scores forward [B,H]x[H,C]", (b, h, columns)))
+    if items_major(b, columns):
+        forward, forward_shape = "scores forward, items-major [C,H]x[H,B]", (columns, h, b)
+    else:
+        forward, forward_shape = "scores forward [B,H]x[H,C]", (b, h, columns)
     shapes = {
-        forward[0]: forward[1],
+        forward: forward_shape,
         "scores backward to hidden [B,C]x[C,H]": (b, columns, h),
         "scores backward to items [C,B]x[B,H]": (columns, b, h),
     }
