@@ -11,7 +11,10 @@ In one fresh process per call (run it under `taskset -c 0` for a one-core profil
   2. a steady epoch of training (after one epoch of compilation) under the TensorFlow
      profiler with XLA's per-thunk trace (`--xla_cpu_enable_xprof_traceme`); the thunks'
      times per step, grouped by what they compute (from the optimised HLO's shapes);
-  3. the fraction of the ceiling reached: ceiling time / steady step time.
+  3. the fraction of the ceiling reached: ceiling time / steady step time;
+  4. one steady step's schedule (from the middle of the profiled epoch): each thread's thunks
+     in order with start and duration, and how busy each thread was (its own thunks plus the
+     parallel regions of other thunks it helped with), which shows where a core waits.
 `--isa avx2` runs it as on a CPU without AVX-512 (`benchmarks/isa.py`).
 """
 
@@ -155,16 +158,57 @@ def profile(config, data: str, isa_info: dict) -> dict:
             space.ParseFromString(f.read())
     steps = source.steps_per_epoch()
     thunk_us = collections.Counter()
+    events = []  # (start us, duration us, thread, name)
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
             if "Eigen" not in line.name and "Compute" not in line.name:
                 continue  # XLA's thunks run on TensorFlow's compute and intra-op threads
             for event in line.events:
-                thunk_us[names.get(event.metadata_id, "?")] += event.duration_ps / 1e6 / steps
+                name = names.get(event.metadata_id, "?")
+                thunk_us[name] += event.duration_ps / 1e6 / steps
+                events.append(((line.timestamp_ns * 1000 + event.offset_ps) / 1e6,
+                               event.duration_ps / 1e6, f"{line.name}/{line.id}", name))
     return {"steps_per_epoch": steps, "epoch_seconds": plain, "profiled_epoch_seconds": profiled,
             "step_us": statistics.median(plain) / steps * 1e6, "thunk_us": dict(thunk_us),
-            "n_items": log.n_items}
+            "n_items": log.n_items, "events": sorted(events)}
+
+
+def one_step(events: list, marker: str, skip: tuple) -> dict:
+    """The schedule of the steady step that starts at the middle occurrence of thunk `marker`:
+    per thread, its thunks [(start us, duration us, name)] and its busy microseconds: the time
+    covered by its own thunks or by the parallel regions of other thunks it ran
+    (`ThreadpoolListener` marks), less the time it waited for helpers (`...::Await`)."""
+    import numpy as np
+
+    starts = [e[0] for e in events if e[3] == marker]
+    begin, end = starts[len(starts) // 2], starts[len(starts) // 2 + 1]
+    threads = sorted({e[2] for e in events})
+    schedule = {f"thread {i}": [] for i in range(len(threads))}
+    bins = int((end - begin) * 10) + 1  # 0.1 us resolution
+    work = {thread: np.zeros(bins, bool) for thread in schedule}
+    wait = {thread: np.zeros(bins, bool) for thread in schedule}
+    region = {}
+
+    def span(start, duration):
+        return slice(int((start - begin) * 10), int((start + duration - begin) * 10) + 1)
+
+    for start, duration, line, name in events:
+        if not begin <= start < end:
+            continue
+        thread = f"thread {threads.index(line)}"
+        if name == "ThreadpoolListener::StartRegion":
+            region[thread] = start
+        elif name == "ThreadpoolListener::StopRegion" and thread in region:
+            opened = region.pop(thread)
+            work[thread][span(opened, start - opened)] = True
+        elif name.endswith("::Await"):
+            wait[thread][span(start, duration)] = True
+        elif not name.startswith(("end: ", "ThreadpoolListener", *skip)):
+            schedule[thread].append((round(start - begin, 1), round(duration, 1), name))
+            work[thread][span(start, duration)] = True
+    busy = {thread: float((work[thread] & ~wait[thread]).sum() / 10) for thread in schedule}
+    return {"marker": marker, "step_us": end - begin, "busy_us": busy, "thunks": schedule}
 
 
 def child(args) -> dict:
@@ -193,6 +237,10 @@ def child(args) -> dict:
         groups[group] += us
         top.append({"thunk": name, "shape": shapes[name][0], "us_per_step": us,
                     "group": group})
+    marker = max((t for t in top if t["group"] == "products: sampled scores"
+                  and t["shape"] in ([columns, config.batch_size], [config.batch_size, columns])),
+                 key=lambda t: t["us_per_step"], default=top[0])["thunk"]  # the forward scores
+    step = one_step(result.pop("events"), marker, skip)
     products = ceiling(product_shapes(config, result["n_items"]))
     ceiling_us = sum(p["us"] for p in products.values())
     return {"preset": args.preset, "isa": args.isa, **isa_info,
@@ -201,7 +249,7 @@ def child(args) -> dict:
             1e6 / result["step_us"] * config.batch_size,
             "groups_us_per_step": dict(groups.most_common()), "top_thunks": top[:25],
             "ceiling_products": products, "ceiling_us": ceiling_us,
-            "fraction_of_ceiling": ceiling_us / result["step_us"]}
+            "fraction_of_ceiling": ceiling_us / result["step_us"], "one_step": step}
 
 
 def main() -> None:
@@ -221,6 +269,16 @@ def main() -> None:
         print(f"  {us:7.1f} us  {group}")
     for name, p in result["ceiling_products"].items():
         print(f"  ceiling {name}: {p['us']:.1f} us ({p['gflops']:.0f} GFLOP/s)")
+    step = result["one_step"]
+    print(f"one steady step under the profiler ({step['step_us']:.0f} us, from the forward "
+          f"scores product {step['marker']}); thunks of 5 us and more, per thread:")
+    for thread, thunks in step["thunks"].items():
+        if not thunks:
+            continue  # TensorFlow's inter-op threads: the input pipeline, between blocks
+        print(f"  {thread}: busy {step['busy_us'][thread]:.0f} us")
+        for start, duration, name in thunks:
+            if duration >= 5:
+                print(f"    {start:7.1f} +{duration:6.1f} us  {name}")
 
 
 if __name__ == "__main__":
