@@ -183,8 +183,8 @@ def one_step(events: list, marker: str, skip: tuple) -> dict:
 
     starts = [e[0] for e in events if e[3] == marker]
     begin, end = starts[len(starts) // 2], starts[len(starts) // 2 + 1]
-    threads = sorted({e[2] for e in events})
-    schedule = {f"thread {i}": [] for i in range(len(threads))}
+    thread_of = {line: f"thread {i}" for i, line in enumerate(sorted({e[2] for e in events}))}
+    schedule = {thread: [] for thread in thread_of.values()}
     bins = int((end - begin) * 10) + 1  # 0.1 us resolution
     work = {thread: np.zeros(bins, bool) for thread in schedule}
     wait = {thread: np.zeros(bins, bool) for thread in schedule}
@@ -196,7 +196,7 @@ def one_step(events: list, marker: str, skip: tuple) -> dict:
     for start, duration, line, name in events:
         if not begin <= start < end:
             continue
-        thread = f"thread {threads.index(line)}"
+        thread = thread_of[line]
         if name == "ThreadpoolListener::StartRegion":
             region[thread] = start
         elif name == "ThreadpoolListener::StopRegion" and thread in region:
